@@ -1,0 +1,31 @@
+"""Starting or joining Ray the way every rayrec entry point does.
+
+A local cluster binds loopback only: Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it
+is imported, and with it set to 0 every Ray process listens on 127.0.0.1 instead of all
+interfaces. So `use_loopback()` must run before anything imports ray.
+"""
+from __future__ import annotations
+
+import os
+
+
+def use_loopback(address: str | None = None) -> None:
+    """Call before importing ray when rayrec will start its own local cluster."""
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None,
+             object_store_memory: int | None = None) -> None:
+    """Join `address` (or RAY_ADDRESS), else start a fresh local cluster on 127.0.0.1."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory,
+             include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
+             log_to_driver=True)

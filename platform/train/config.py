@@ -1,0 +1,43 @@
+"""Training options (YAML section `train:`; CLI flags override)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1                # passes over each day's training sessions
+    batch_size: int = 256          # per worker
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    workers: int = 2               # Ray Train workers; 0 runs the loop in-process
+    threads_per_worker: int = 1    # torch threads in each worker
+    train_days: str | None = None  # "A:B" inclusive; default: every day that has a next day
+    seed: int = 0
+    eval_split: str = "valid"      # split of day t+1 evaluated after training on day t
+    max_failures: int = 0          # worker-group restarts from the last checkpoint
+    eval_batch_size: int = 512
+
+    def __post_init__(self):
+        if self.workers < 0:
+            raise ValueError("train.workers must be >= 0")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("train.epochs and train.batch_size must be >= 1")
+
+
+def parse_days(spec: str | None, available: list[int]) -> list[int]:
+    """'A:B' (inclusive), 'A' or None -> the days to train on, checked against the data."""
+    if not available:
+        raise ValueError("the dataset has no day directories")
+    if spec is None:
+        days = available[:-1] or available
+    else:
+        try:
+            a, _, b = str(spec).partition(":")
+            lo, hi = int(a), int(b) if b else int(a)
+        except ValueError:
+            raise ValueError(f"days must look like A:B or A, got {spec!r}") from None
+        days = [d for d in available if lo <= d <= hi]
+        if not days:
+            raise ValueError(f"no day in {spec!r}; the dataset has days {available}")
+    return days

@@ -1,0 +1,117 @@
+"""The training loop each Ray Train worker runs (and `--workers 0` runs in-process).
+
+Day by day: train on day t's sessions starting from the weights left by day t-1 (a fresh
+optimizer and learning-rate schedule each day), evaluate on day t+1, and report the
+metrics with a checkpoint. After a worker failure Ray restarts the group, which resumes
+from the last reported checkpoint at the next day.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from rayrec.metrics import add_sums, finalize
+from rayrec.models.checkpoint import load_weights, save_model
+from rayrec.models.config import ModelConfig
+from rayrec.models.session_model import SessionModel
+from rayrec.train.config import TrainConfig
+from rayrec.train.data import load_items, shard_rows, split_path
+from rayrec.train.evaluate import model_metric_sums
+
+PROGRESS = "progress.json"
+
+
+def train_loop_per_worker(spec: dict) -> None:
+    tcfg = TrainConfig(**spec["train"])
+    mcfg = ModelConfig(**spec["model"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(tcfg.threads_per_worker)
+    torch.manual_seed(tcfg.seed)
+    model = SessionModel(mcfg, spec["n_items"])
+
+    history: list[dict] = []
+    start = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            load_weights(model, d)
+            with open(os.path.join(d, PROGRESS)) as f:
+                history = json.load(f)["history"]
+        start = len(history)
+    model = ray.train.torch.prepare_model(model) if world > 1 else model
+    core: SessionModel = model.module if hasattr(model, "module") else model
+
+    for step, (train_day, eval_day) in enumerate(spec["days"]):
+        if step < start:
+            continue
+        torch.manual_seed(tcfg.seed * 1000 + train_day * 10 + rank)
+        train = train_one_day(model, tcfg, load_items(split_path(spec["data_dir"], train_day, "train"),
+                                                        spec["item_col"], mcfg.max_len), rank, world, train_day)
+        record = {"train_day": train_day, "eval_day": eval_day, **train}
+        if eval_day is not None:
+            items = load_items(split_path(spec["data_dir"], eval_day, tcfg.eval_split), spec["item_col"], mcfg.max_len)
+            mine = items[rank::world]
+            record.update(finalize(all_reduce_sums(model_metric_sums(core, mine, tcfg.eval_batch_size))))
+        history.append(record)
+        report(core, record, history, spec, rank)
+
+
+def train_one_day(model, tcfg: TrainConfig, items: np.ndarray, rank: int, world: int, day: int) -> dict:
+    """Epochs over this worker's shard with AdamW and a linear-decay schedule."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    per_epoch = -(-(len(items) // max(world, 1)) // tcfg.batch_size) if len(items) >= world else 0
+    total = max(1, per_epoch * tcfg.epochs)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / total))
+    model.train()
+    losses, seen, started = [], 0, time.perf_counter()
+    for epoch in range(tcfg.epochs):
+        rows = shard_rows(len(items), rank, world, seed=tcfg.seed * 7919 + day * 101 + epoch)
+        for i in range(0, len(rows), tcfg.batch_size):
+            batch = torch.from_numpy(items[rows[i:i + tcfg.batch_size]])
+            loss = model(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+            seen += len(batch)
+    seconds = time.perf_counter() - started
+    return {"train_loss": float(np.mean(losses[-max(1, len(losses) // 4):])) if losses else float("nan"),
+            "first_loss": losses[0] if losses else float("nan"),
+            "train_sequences": seen * world, "train_seconds": round(seconds, 3),
+            "sequences_per_s": round(seen * world / seconds, 1) if seconds > 0 else 0.0}
+
+
+def all_reduce_sums(sums: dict[str, float]) -> dict[str, float]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return sums
+    keys = sorted(sums)
+    t = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return dict(zip(keys, t.tolist()))
+
+
+def report(model: SessionModel, record: dict, history: list[dict], spec: dict, rank: int) -> None:
+    """Every rank reports; rank 0 attaches the checkpoint (weights + progress)."""
+    metrics = {k: v for k, v in record.items() if isinstance(v, (int, float)) and v is not None}
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    directory = os.path.join(spec["scratch"], f"day-{record['train_day']:03d}")
+    save_model(model, directory, extra={"item_col": spec["item_col"]})
+    with open(os.path.join(directory, PROGRESS), "w") as f:
+        json.dump({"history": history}, f, indent=2)
+    print(f"[rayrec] day {record['train_day']}: loss {record['train_loss']:.3f}, "
+          f"{record['sequences_per_s']:.0f} seq/s"
+          + (f", day {record['eval_day']} recall@20 {record['recall@20']:.3f} ndcg@20 {record['ndcg@20']:.3f}"
+             if record.get("eval_day") is not None else ""), flush=True)
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))

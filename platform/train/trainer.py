@@ -1,0 +1,125 @@
+"""`rayrec train`: plan the days, run the loop on Ray Train, and write the run directory.
+
+RUN/ holds checkpoint/ (model.json + model.safetensors), metrics.json (per day and
+averaged, next to the most-popular baseline), and copies of the dataset's schema and
+fitted workflow, so that serving needs the run directory alone.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict
+
+from rayrec.files import atomic_directory
+from rayrec.raylocal import init_ray
+from rayrec.models.config import ModelConfig
+from rayrec.schema import Schema
+from rayrec.train.config import TrainConfig, parse_days
+from rayrec.train.data import day_dirs, load_items, split_path
+from rayrec.train.evaluate import item_counts, popularity_metric_sums
+from rayrec.metrics import finalize
+
+REPORTED = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@20")
+
+
+def plan_days(data_dir: str, spec: str | None) -> list[tuple[int, int | None]]:
+    available = day_dirs(data_dir)
+    days = parse_days(spec, available)
+    return [(d, d + 1 if d + 1 in available else None) for d in days]
+
+
+def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                 address: str | None = None, overwrite: bool = False) -> dict:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from rayrec.train.loop import PROGRESS, train_loop_per_worker
+
+    data_dir = os.path.abspath(data_dir)
+    schema = Schema.load(data_dir)
+    item = schema.item_id_column()
+    if item.cardinality is None:
+        raise ValueError(f"schema column {item.name!r} has no domain: cannot size the item embeddings")
+    days = plan_days(data_dir, train_cfg.train_days)
+    for train_day, eval_day in days:  # fail before starting Ray if a file is missing
+        split_path(data_dir, train_day, "train")
+        if eval_day is not None:
+            split_path(data_dir, eval_day, train_cfg.eval_split)
+
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        spec = {"model": asdict(model_cfg), "train": asdict(train_cfg), "data_dir": data_dir,
+                "item_col": item.name, "n_items": item.cardinality, "days": days,
+                "scratch": os.path.join(tmp, "scratch")}
+        trainer = TorchTrainer(
+            train_loop_per_worker, train_loop_config=spec,
+            scaling_config=ScalingConfig(num_workers=train_cfg.workers, use_gpu=False,
+                                         resources_per_worker={"CPU": train_cfg.threads_per_worker}),
+            torch_config=TorchConfig(backend="gloo"),
+            run_config=RunConfig(name="rayrec-train", storage_path=os.path.join(tmp, "ray"),
+                                 failure_config=FailureConfig(max_failures=train_cfg.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        )
+        if train_cfg.workers > 0:
+            init_ray(address)
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError("training finished without a checkpoint")
+        final = os.path.join(tmp, "checkpoint")
+        with result.checkpoint.as_directory() as d:
+            shutil.copytree(d, final)
+        with open(os.path.join(final, PROGRESS)) as f:
+            history = json.load(f)["history"]
+        for name in ("scratch", "ray"):
+            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+
+        metrics = summarize(history, data_dir, item.name, item.cardinality, model_cfg.max_len, train_cfg)
+        metrics["config"] = {"model": asdict(model_cfg), "train": asdict(train_cfg), "data": data_dir}
+        with open(os.path.join(tmp, "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=2)
+        schema.save(tmp)
+        if os.path.isdir(os.path.join(data_dir, "workflow")):
+            shutil.copytree(os.path.join(data_dir, "workflow"), os.path.join(tmp, "workflow"))
+    return metrics
+
+
+def summarize(history: list[dict], data_dir: str, item_col: str, n_items: int, max_len: int,
+              tcfg: TrainConfig) -> dict:
+    """Attach the popularity baseline (counts of every day trained so far) and average."""
+    seen = []
+    for rec in history:
+        seen.append(load_items(split_path(data_dir, rec["train_day"], "train"), item_col, max_len))
+        if rec.get("eval_day") is None:
+            continue
+        items = load_items(split_path(data_dir, rec["eval_day"], tcfg.eval_split), item_col, max_len)
+        rec["popularity"] = finalize(popularity_metric_sums(item_counts(seen, n_items), items))
+    evaluated = [r for r in history if r.get("eval_day") is not None]
+    average = {k: sum(r[k] for r in evaluated) / len(evaluated) for k in REPORTED} if evaluated else {}
+    pop_average = {k: sum(r["popularity"][k] for r in evaluated) / len(evaluated) for k in REPORTED} \
+        if evaluated else {}
+    return {"days": history, "average": average, "popularity_average": pop_average,
+            "train_days": [r["train_day"] for r in history]}
+
+
+def format_table(metrics: dict, ceiling: dict | None = None) -> str:
+    """Per-day metrics of the model next to popularity (and the ceiling when known)."""
+    cols = ["recall@20", "ndcg@20", "mrr@20"]
+    head = f"{'train':>5} {'eval':>4} {'loss':>6} " + " ".join(f"{c:>10}" for c in cols) + \
+        f" {'pop r@20':>9} {'pop n@20':>9}" + (f" {'best r@20':>9} {'best n@20':>9}" if ceiling else "")
+    lines = [head]
+    for r in metrics["days"]:
+        if r.get("eval_day") is None:
+            lines.append(f"{r['train_day']:>5} {'-':>4} {r['train_loss']:>6.3f}")
+            continue
+        row = f"{r['train_day']:>5} {r['eval_day']:>4} {r['train_loss']:>6.3f} " + \
+            " ".join(f"{r[c]:>10.4f}" for c in cols) + \
+            f" {r['popularity']['recall@20']:>9.4f} {r['popularity']['ndcg@20']:>9.4f}"
+        if ceiling:
+            best = ceiling.get(str(r["eval_day"]), {})
+            row += f" {best.get('recall@20', float('nan')):>9.4f} {best.get('ndcg@20', float('nan')):>9.4f}"
+        lines.append(row)
+    if metrics["average"]:
+        a, p = metrics["average"], metrics["popularity_average"]
+        lines.append(f"{'mean':>5} {'':>4} {'':>6} " + " ".join(f"{a[c]:>10.4f}" for c in cols) +
+                     f" {p['recall@20']:>9.4f} {p['ndcg@20']:>9.4f}")
+    return "\n".join(lines)
