@@ -215,8 +215,10 @@ def _feature_from_message(f: dict[str, list[Any]]) -> ColumnSchema:
     name = _one(f, "name")
     annotation = _one(f, "annotation", {})
     tags = list(annotation.get("tag", []))
-    if "item" in tags and "id" in tags and ITEM_ID not in tags:
-        tags.insert(0, ITEM_ID)
+    if "item" in tags and "id" in tags:  # Merlin's spelling of item_id
+        at = tags.index("item")
+        tags = [t for t in tags if t not in ("item", "id", ITEM_ID)]
+        tags.insert(min(at, len(tags)), ITEM_ID)
     meta = _struct_fields(annotation)
     value_count = _one(f, "value_count")
     is_list = bool(meta.get("is_list", value_count is not None or LIST in tags))

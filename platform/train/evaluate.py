@@ -35,3 +35,47 @@ def popularity_metric_sums(counts: np.ndarray, items: np.ndarray, ks=DEFAULT_KS)
     ordered = np.sort(scores)
     ranks = len(ordered) - np.searchsorted(ordered, scores[targets], side="right")
     return metric_sums(torch.from_numpy(ranks), ks)
+
+
+def evaluate_run(run_dir: str, data_dir: str, days_spec: str | None = None, split: str = "test") -> dict:
+    """Metrics of a saved run on `split` of each day, next to most-popular over its training days."""
+    import json
+    import os
+
+    from rayrec.metrics import finalize
+    from rayrec.models.checkpoint import load_model
+    from rayrec.schema import Schema
+    from rayrec.train.config import parse_days
+    from rayrec.train.data import day_dirs, load_items, split_path
+
+    model = load_model(os.path.join(run_dir, "checkpoint"))
+    item = Schema.load(data_dir).item_id_column()
+    if item.cardinality != model.n_items:
+        raise ValueError(f"{data_dir}: column {item.name!r} has {item.cardinality} codes but the model "
+                         f"in {run_dir} was trained with {model.n_items}; evaluate on the run's own dataset")
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        trained = json.load(f)["train_days"]
+    available = day_dirs(data_dir)
+    if days_spec is None:  # default: the day after the last training day, else the last day
+        nxt = max(trained) + 1
+        days = [nxt] if nxt in available else available[-1:]
+    else:
+        days = parse_days(days_spec, available)
+    max_len = model.cfg.max_len
+    counts = item_counts([load_items(split_path(data_dir, d, "train"), item.name, max_len)
+                          for d in trained if d in available], model.n_items)
+    rows = []
+    for day in days:
+        items = load_items(split_path(data_dir, day, split), item.name, max_len)
+        rows.append({"day": day, "split": split, **finalize(model_metric_sums(model, items)),
+                     "popularity": finalize(popularity_metric_sums(counts, items))})
+    return {"run": run_dir, "data": data_dir, "days": rows}
+
+
+def format_evaluation(result: dict) -> str:
+    keys = ["recall@10", "recall@20", "ndcg@10", "ndcg@20"]
+    lines = [f"{'day':>4} {'model':>11} " + " ".join(f"{k:>10}" for k in keys) + f" {'sessions':>9}"]
+    for r in result["days"]:
+        for name, m in (("model", r), ("popularity", r["popularity"])):
+            lines.append(f"{r['day']:>4} {name:>11} " + " ".join(f"{m[k]:>10.4f}" for k in keys) + f" {m['count']:>9}")
+    return "\n".join(lines)

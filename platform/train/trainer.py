@@ -31,6 +31,7 @@ def plan_days(data_dir: str, spec: str | None) -> list[tuple[int, int | None]]:
 
 def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
                  address: str | None = None, overwrite: bool = False) -> dict:
+    from ray import LoggingConfig
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -58,7 +59,8 @@ def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: Tra
             torch_config=TorchConfig(backend="gloo"),
             run_config=RunConfig(name="rayrec-train", storage_path=os.path.join(tmp, "ray"),
                                  failure_config=FailureConfig(max_failures=train_cfg.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2),
+                                 logging_config=LoggingConfig(log_level="WARNING")),
         )
         if train_cfg.workers > 0:
             init_ray(address)

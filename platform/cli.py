@@ -1,0 +1,190 @@
+"""`rayrec`: one command, a subcommand per stage. Heavy imports happen inside each verb so
+that `--help` is instant and a local Ray cluster can be told to bind loopback first."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from rayrec.raylocal import use_loopback
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML file with sections etl:, model:, train:, serve: (flags override it)")
+
+
+def _section(path: str | None, name: str) -> dict:
+    from rayrec.config_io import read_yaml
+
+    data = read_yaml(path)
+    unknown = set(data) - {"etl", "model", "train", "serve"}
+    if unknown:
+        raise ValueError(f"{path}: unknown section(s) {sorted(unknown)}; expected etl, model, train, serve")
+    return data.get(name) or {}
+
+
+def cmd_synth(a) -> None:
+    from rayrec.synth import SynthConfig, write
+
+    cfg = SynthConfig(events=a.events, days=a.days, items=a.items, seed=a.seed, format=a.format)
+    report = write(cfg, a.out)
+    c = report["ceiling"]
+    print(f"wrote {report['events']:,} events in {report['sessions']:,} sessions to {report['path']}")
+    print(f"Bayes-optimal ceiling (last item): recall@20 {c['recall@20']:.4f}  ndcg@20 {c['ndcg@20']:.4f}"
+          f"  -> {os.path.join(a.out, 'ceiling.json')}")
+
+
+def etl_config(a):
+    from rayrec.config_io import from_dict, override
+    from rayrec.etl import EtlConfig
+
+    cfg = from_dict(EtlConfig, _section(a.config, "etl"), f"{a.config}: etl")
+    return override(cfg, session_col=a.session_col, item_col=a.item_col, time_col=a.time_col, max_len=a.max_len)
+
+
+def cmd_etl(a) -> None:
+    from rayrec.etl import run_etl
+
+    report = run_etl(a.input, a.out, etl_config(a), overwrite=a.overwrite)
+    days = report["sessions_by_day"]
+    print(f"{report['events']:,} events -> {sum(sum(v.values()) for v in days.values()):,} sessions "
+          f"over {len(days)} days, {report['items']:,} items, in {report['seconds']} s -> {a.out}")
+    if report["events_without_session"]:
+        print(f"dropped {report['events_without_session']:,} events without a session key (see report.json)")
+
+
+def train_configs(a):
+    from rayrec.config_io import from_dict, override
+    from rayrec.models.config import ModelConfig
+    from rayrec.train.config import TrainConfig
+
+    model = from_dict(ModelConfig, _section(a.config, "model"), f"{a.config}: model")
+    model = override(model, arch=a.arch, masking=a.masking, d_model=a.d_model, n_layer=a.n_layer,
+                     n_head=a.n_head, max_len=a.max_len)
+    train = from_dict(TrainConfig, _section(a.config, "train"), f"{a.config}: train")
+    train = override(train, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, workers=a.workers,
+                     train_days=a.train_days, seed=a.seed)
+    return model, train
+
+
+def cmd_train(a) -> None:
+    from rayrec.train.trainer import format_table, run_training
+
+    model, train = train_configs(a)
+    metrics = run_training(a.data, a.out, model, train, address=a.address, overwrite=a.overwrite)
+    print(format_table(metrics))
+    print(f"run written to {a.out} (checkpoint/, metrics.json)")
+
+
+def cmd_evaluate(a) -> None:
+    from rayrec.train.evaluate import evaluate_run, format_evaluation
+
+    result = evaluate_run(a.run, a.data, a.days, a.split)
+    print(format_evaluation(result))
+    if a.json:
+        print(json.dumps(result))
+
+
+def cmd_serve(a) -> None:
+    from rayrec.config_io import from_dict, override
+    from rayrec.serve.app import ServeConfig, start
+
+    cfg = override(from_dict(ServeConfig, _section(a.config, "serve"), f"{a.config}: serve"),
+                   host=a.host, port=a.port, max_events=a.max_events)
+    print(f"serving {a.run} on http://{cfg.host}:{cfg.port} (POST /recommend, GET /healthz); Ctrl-C stops")
+    start(a.run, cfg, address=a.address, blocking=True)
+
+
+def cmd_quickstart(a) -> None:
+    from rayrec.quickstart import quickstart
+
+    quickstart(a.out, events=a.events, workers=a.workers, epochs=a.epochs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rayrec", description="Session-based recommendation with transformers on Ray: "
+                                "synth -> etl -> train -> evaluate -> serve.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("synth", help="synthetic REES46-style events with a known best achievable score")
+    s.add_argument("--out", required=True, help="directory for events.<format> and ceiling.json")
+    s.add_argument("--events", type=int, default=200_000)
+    s.add_argument("--days", type=int, default=7)
+    s.add_argument("--items", type=int, default=2_000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--format", choices=["parquet", "csv"], default="parquet")
+    s.set_defaults(func=cmd_synth)
+
+    e = sub.add_parser("etl", help="raw events -> day-partitioned session parquet + schema + fitted workflow")
+    e.add_argument("--input", nargs="+", required=True, metavar="PATH", help="files, globs or directories (parquet/csv/tsv)")
+    e.add_argument("--out", required=True, help="output directory (written atomically)")
+    _add_config(e)
+    e.add_argument("--session-col", help="session key column (default user_session)")
+    e.add_argument("--item-col", help="item id column (default product_id)")
+    e.add_argument("--time-col", help="event time column (default event_time)")
+    e.add_argument("--max-len", type=int, help="keep the last N events of each session (default 20)")
+    e.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    e.set_defaults(func=cmd_etl)
+
+    t = sub.add_parser("train", help="day-by-day training on Ray Train (train on day t, evaluate on t+1)")
+    t.add_argument("--data", required=True, help="output directory of rayrec etl")
+    t.add_argument("--out", required=True, help="run directory to write")
+    _add_config(t)
+    t.add_argument("--arch", choices=["xlnet", "gpt2"])
+    t.add_argument("--masking", choices=["mlm", "clm"])
+    t.add_argument("--d-model", type=int)
+    t.add_argument("--n-layer", type=int)
+    t.add_argument("--n-head", type=int)
+    t.add_argument("--max-len", type=int)
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int, help="sessions per step per worker")
+    t.add_argument("--lr", type=float)
+    t.add_argument("--workers", type=int, help="Ray Train workers; 0 runs in-process")
+    t.add_argument("--train-days", help="A:B (inclusive); default every day that has a next day")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--address", help="Ray cluster to join (default RAY_ADDRESS, else a local cluster)")
+    t.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    t.set_defaults(func=cmd_train)
+
+    v = sub.add_parser("evaluate", help="Recall/NDCG@10,20 of a saved run next to most-popular")
+    v.add_argument("--run", required=True)
+    v.add_argument("--data", required=True)
+    v.add_argument("--days", help="A:B or A (default: the day after the last training day)")
+    v.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    v.add_argument("--json", action="store_true", help="also print the result as JSON")
+    v.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("serve", help="HTTP endpoint on Ray Serve: POST /recommend, GET /healthz")
+    r.add_argument("--run", required=True)
+    _add_config(r)
+    r.add_argument("--host", help="bind address (default 127.0.0.1)")
+    r.add_argument("--port", type=int, help="port (default 8000)")
+    r.add_argument("--max-events", type=int, help="events per request before 413 (default 1000)")
+    r.add_argument("--address", help="Ray cluster to join (default RAY_ADDRESS, else a local cluster)")
+    r.set_defaults(func=cmd_serve)
+
+    q = sub.add_parser("quickstart", help="synth -> etl -> train (2 Ray workers) -> evaluate -> serve one request")
+    q.add_argument("--out", default="quickstart-out", help="working directory (replaced)")
+    q.add_argument("--events", type=int, default=200_000)
+    q.add_argument("--workers", type=int, default=2)
+    q.add_argument("--epochs", type=int, default=4)
+    q.set_defaults(func=cmd_quickstart)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    use_loopback(getattr(args, "address", None))
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"rayrec {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Shared fixtures: a small synthetic dataset and its ETL output, built once per session.
+
+Ray started by tests binds loopback: the variable below must be set before ray is imported.
+"""
+import os
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+import pytest  # noqa: E402
+
+from rayrec.etl import EtlConfig, run_etl  # noqa: E402
+from rayrec.synth import SynthConfig, write  # noqa: E402
+
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
+SMALL = SynthConfig(events=30_000, days=4, items=300, seed=1)
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("synth")
+    write(SMALL, str(d))
+    return str(d)
+
+
+@pytest.fixture(scope="session")
+def etl_dir(synth_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("etl") / "data"
+    run_etl([os.path.join(synth_dir, "events.parquet")], str(out), EtlConfig())
+    return str(out)
+
+
+def shared_path(*parts):
+    path = os.path.abspath(os.path.join(SHARED, *parts))
+    if not os.path.exists(path):
+        pytest.skip(f"{path} not present (../shared is not beside this checkout)")
+    return path
