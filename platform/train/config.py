@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 @dataclass
 class TrainConfig:
-    epochs: int = 1                # passes over each day's training sessions
-    batch_size: int = 256          # per worker
-    lr: float = 1e-3
+    epochs: int = 4                # passes over each day's training sessions
+    batch_size: int = 128          # per worker
+    lr: float = 5e-3
     weight_decay: float = 0.01
     workers: int = 2               # Ray Train workers; 0 runs the loop in-process
     threads_per_worker: int = 1    # torch threads in each worker

@@ -11,7 +11,7 @@ from rayrec.train.data import eval_examples
 
 def model_metric_sums(model: SessionModel, items: np.ndarray, batch_size: int = 512, ks=DEFAULT_KS) -> dict:
     inputs, targets = eval_examples(items)
-    sums: dict[str, float] = {"count": 0.0}
+    sums = metric_sums(torch.zeros(0), ks)  # every key present even for an empty split
     model.eval()
     for i in range(0, len(inputs), batch_size):
         x = torch.from_numpy(inputs[i:i + batch_size])

@@ -58,8 +58,11 @@ def train_loop_per_worker(spec: dict) -> None:
         record = {"train_day": train_day, "eval_day": eval_day, **train}
         if eval_day is not None:
             items = load_items(split_path(spec["data_dir"], eval_day, tcfg.eval_split), spec["item_col"], mcfg.max_len)
-            mine = items[rank::world]
-            record.update(finalize(all_reduce_sums(model_metric_sums(core, mine, tcfg.eval_batch_size))))
+            scores = finalize(all_reduce_sums(model_metric_sums(core, items[rank::world], tcfg.eval_batch_size)))
+            if scores["count"]:
+                record.update(scores)
+            else:  # nothing to evaluate on that day: the record carries no metrics
+                record["eval_day"] = None
         history.append(record)
         report(core, record, history, spec, rank)
 
