@@ -30,3 +30,16 @@ def atomic_directory(path: str, overwrite: bool = False):
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, path)
+
+
+def read_versioned_json(path: str, version: int, what: str) -> dict:
+    """Read an artifact's JSON metadata, refusing a missing file or another format version."""
+    import json
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{os.path.dirname(path)}: not a {what} (no {os.path.basename(path)})")
+    with open(path) as f:
+        meta = json.load(f)
+    if meta.get("format_version") != version:
+        raise ValueError(f"{path}: format_version {meta.get('format_version')} is not {version}")
+    return meta

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rayrec.etl.config import EtlConfig
+from rayrec.files import read_versioned_json
 from rayrec.etl.io import canonical_key, canonical_keys, time_to_seconds, to_seconds
 from rayrec.schema import CATEGORICAL, ITEM_ID, LIST, SESSION_ID, TIME, ColumnSchema, Schema
 
@@ -183,13 +184,7 @@ class SessionWorkflow:
 
     @classmethod
     def load(cls, directory: str) -> "SessionWorkflow":
-        path = os.path.join(directory, "workflow.json")
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{directory}: not a fitted workflow (no workflow.json)")
-        with open(path) as f:
-            meta = json.load(f)
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: format_version {meta.get('format_version')} is not {FORMAT_VERSION}")
+        meta = read_versioned_json(os.path.join(directory, "workflow.json"), FORMAT_VERSION, "fitted workflow")
         vocab = pq.read_table(os.path.join(directory, os.path.basename(meta["vocab_file"])))
         return cls(EtlConfig(**meta["config"]), np.asarray(vocab["key"].to_pylist(), dtype=object),
                    vocab["count"].to_numpy(), meta["key_kind"], float(meta["day0"]))

@@ -11,6 +11,7 @@ from dataclasses import asdict
 import torch
 from safetensors.torch import load_file, save_file
 
+from rayrec.files import read_versioned_json
 from rayrec.models.config import ModelConfig
 from rayrec.models.session_model import SessionModel
 
@@ -27,14 +28,7 @@ def save_model(model: SessionModel, directory: str, extra: dict | None = None) -
 
 
 def read_model_meta(directory: str) -> dict:
-    path = os.path.join(directory, "model.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{directory}: no model.json (not a rayrec model directory)")
-    with open(path) as f:
-        meta = json.load(f)
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {meta.get('format_version')} is not {FORMAT_VERSION}")
-    return meta
+    return read_versioned_json(os.path.join(directory, "model.json"), FORMAT_VERSION, "rayrec model directory")
 
 
 def load_model(directory: str) -> SessionModel:
