@@ -124,6 +124,6 @@ def run_etl(inputs: list[str], out: str, config: EtlConfig, overwrite: bool = Fa
 
 
 def _common_schema(parts_dir: str) -> pa.Schema:
-    """All parts share column types, except that a part's session key type may be narrower."""
+    """The arrow schema every part was written with (all parts come from one transform)."""
     first = sorted(glob.glob(os.path.join(parts_dir, "*", "*", "*.parquet")))[0]
     return pq.read_schema(first)
