@@ -3,6 +3,7 @@ so an interrupted run never leaves a partial directory that looks complete."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import uuid
@@ -34,8 +35,6 @@ def atomic_directory(path: str, overwrite: bool = False):
 
 def read_versioned_json(path: str, version: int, what: str) -> dict:
     """Read an artifact's JSON metadata, refusing a missing file or another format version."""
-    import json
-
     if not os.path.exists(path):
         raise FileNotFoundError(f"{os.path.dirname(path)}: not a {what} (no {os.path.basename(path)})")
     with open(path) as f:

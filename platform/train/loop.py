@@ -17,7 +17,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from rayrec.metrics import add_sums, finalize
+from rayrec.metrics import finalize
 from rayrec.models.checkpoint import load_weights, save_model
 from rayrec.models.config import ModelConfig
 from rayrec.models.session_model import SessionModel
