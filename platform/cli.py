@@ -10,17 +10,21 @@ import sys
 from rayrec.raylocal import use_loopback
 
 
+SECTIONS = ("etl", "workflow", "model", "train", "serve")
+
+
 def _add_config(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML file with sections etl:, model:, train:, serve: (flags override it)")
+    p.add_argument("--config", help="YAML file with sections etl:, workflow:, model:, train:, serve: "
+                   "(flags override it)")
 
 
 def _section(path: str | None, name: str) -> dict:
     from rayrec.config_io import read_yaml
 
     data = read_yaml(path)
-    unknown = set(data) - {"etl", "model", "train", "serve"}
+    unknown = set(data) - set(SECTIONS)
     if unknown:
-        raise ValueError(f"{path}: unknown section(s) {sorted(unknown)}; expected etl, model, train, serve")
+        raise ValueError(f"{path}: unknown section(s) {sorted(unknown)}; expected {', '.join(SECTIONS)}")
     return data.get(name) or {}
 
 
@@ -40,18 +44,28 @@ def etl_config(a):
     from rayrec.etl import EtlConfig
 
     cfg = from_dict(EtlConfig, _section(a.config, "etl"), f"{a.config}: etl")
-    return override(cfg, session_col=a.session_col, item_col=a.item_col, time_col=a.time_col, max_len=a.max_len)
+    return override(cfg, session_col=a.session_col, item_col=a.item_col, time_col=a.time_col, max_len=a.max_len,
+                    scheduler=a.scheduler, device=a.device, workers=a.workers, split=a.split, seed=a.seed)
 
 
 def cmd_etl(a) -> None:
-    from rayrec.etl import run_etl
+    from rayrec.etl import Workflow, default_workflow, run_etl, workflow_from_config
 
-    report = run_etl(a.input, a.out, etl_config(a), overwrite=a.overwrite)
+    cfg = etl_config(a)
+    section = _section(a.config, "workflow")
+    if a.workflow:
+        workflow = Workflow.load(a.workflow)
+    else:
+        workflow = workflow_from_config(section, f"{a.config}: workflow") if section else default_workflow(cfg)
+    report = run_etl(a.input, a.out, cfg, workflow, overwrite=a.overwrite, fitted=bool(a.workflow),
+                     progress=lambda m: print(f"  {m}", flush=True))
     days = report["sessions_by_day"]
-    print(f"{report['events']:,} events -> {sum(sum(v.values()) for v in days.values()):,} sessions "
-          f"over {len(days)} days, {report['items']:,} items, in {report['seconds']} s -> {a.out}")
+    print(f"{report['events']:,} events -> {report['sessions']:,} sessions over {len(days)} days "
+          f"in {report['seconds']} s -> {a.out}")
     if report["events_without_session"]:
         print(f"dropped {report['events_without_session']:,} events without a session key (see report.json)")
+    for op, n in report["rows_removed_by_op"].items():
+        print(f"op {op} removed {n:,} rows")
 
 
 def train_configs(a):
@@ -124,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--item-col", help="item id column (default product_id)")
     e.add_argument("--time-col", help="event time column (default event_time)")
     e.add_argument("--max-len", type=int, help="keep the last N events of each session (default 20)")
+    e.add_argument("--workflow", metavar="DIR", help="apply this fitted workflow (a previous run's workflow/) "
+                   "instead of fitting one")
+    e.add_argument("--split", choices=["random", "time"], help="valid/test: random sessions (default) or each day's latest")
+    e.add_argument("--seed", type=int, help="seed of the random split")
+    e.add_argument("--scheduler", metavar="ADDRESS", help="run on this Dask scheduler (default: a local cluster)")
+    e.add_argument("--device", choices=["cpu", "gpu"], help="gpu: dask-cuda workers with cuDF (the gpu extra)")
+    e.add_argument("--workers", type=int, help="local cluster worker processes (default: one per core)")
     e.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     e.set_defaults(func=cmd_etl)
 

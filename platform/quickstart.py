@@ -14,7 +14,7 @@ import urllib.request
 
 import pyarrow.parquet as pq
 
-from rayrec.etl import EtlConfig, run_etl
+from rayrec.etl import EtlConfig, default_workflow, run_etl
 from rayrec.models.config import ModelConfig
 from rayrec.plot import plot_days
 from rayrec.synth import SynthConfig, write
@@ -64,8 +64,10 @@ def quickstart(out: str = "quickstart-out", events: int = 200_000, workers: int 
     print(f"== 1/5 synth: {events:,} REES46-style events over 7 days -> {out}/raw")
     report = write(SynthConfig(events=events), os.path.join(out, "raw"))
     print("== 2/5 etl (Dask): sessions by day")
-    etl = run_etl([report["path"]], os.path.join(out, "data"), EtlConfig(), overwrite=True)
-    print(f"   {etl['events']:,} events -> {etl['items']:,} items, sessions by day: "
+    cfg = EtlConfig()
+    etl = run_etl([report["path"]], os.path.join(out, "data"), cfg, default_workflow(cfg), overwrite=True,
+                  progress=lambda m: None)
+    print(f"   {etl['events']:,} events -> {etl['sessions']:,} sessions in {etl['seconds']} s, by day: "
           + ", ".join(f"{d}:{sum(v.values())}" for d, v in etl["sessions_by_day"].items()))
     print(f"== 3/5 train (Ray Train, {workers} workers, GPT-2 causal LM): day t -> evaluate day t+1")
     model = ModelConfig(arch="gpt2", masking="clm", d_model=64, n_layer=2, n_head=4, max_len=20)

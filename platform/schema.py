@@ -28,6 +28,7 @@ class ColumnSchema:
     value_count_max: int | None = None
     domain_min: int | None = None       # encoded ids: codes lie in [domain_min, domain_max]
     domain_max: int | None = None
+    properties: dict[str, Any] = field(default_factory=dict)  # e.g. vocab, first_code (JSON scalars)
 
     @property
     def cardinality(self) -> int | None:
@@ -125,14 +126,18 @@ def _feature_pbtxt(c: ColumnSchema) -> str:
     merlin_tags = []
     for t in c.tags:  # Merlin writes item_id as the two tags "item" and "id"
         merlin_tags += ["item", "id"] if t == ITEM_ID else [t]
-    meta = {"is_list": c.is_list, "is_ragged": c.is_list, "dtype": c.dtype}
+    meta = {"is_list": c.is_list, "is_ragged": c.is_list, "dtype": c.dtype, **c.properties}
     lines.append("  annotation {")
     lines += [f'    tag: "{t}"' for t in dict.fromkeys(merlin_tags)]
     lines.append("    extra_metadata {")
     lines.append("      [type.googleapis.com/google.protobuf.Struct] {")
     for key, value in meta.items():
-        kind = "bool_value" if isinstance(value, bool) else "string_value"
-        rendered = str(value).lower() if isinstance(value, bool) else f'"{value}"'
+        if isinstance(value, bool):
+            kind, rendered = "bool_value", str(value).lower()
+        elif isinstance(value, (int, float)):
+            kind, rendered = "number_value", repr(float(value))
+        else:
+            kind, rendered = "string_value", json.dumps(str(value))
         lines.append(f'        fields {{ key: "{key}" value {{ {kind}: {rendered} }} }}')
     lines += ["      }", "    }", "  }", "}"]
     return "\n".join(lines) + "\n"
@@ -220,6 +225,8 @@ def _feature_from_message(f: dict[str, list[Any]]) -> ColumnSchema:
         tags = [t for t in tags if t not in ("item", "id", ITEM_ID)]
         tags.insert(min(at, len(tags)), ITEM_ID)
     meta = _struct_fields(annotation)
+    properties = {k: (int(v) if isinstance(v, float) and v.is_integer() else v)
+                  for k, v in meta.items() if k not in _STRUCTURAL}
     value_count = _one(f, "value_count")
     is_list = bool(meta.get("is_list", value_count is not None or LIST in tags))
     if is_list and LIST not in tags:
@@ -233,4 +240,9 @@ def _feature_from_message(f: dict[str, list[Any]]) -> ColumnSchema:
         value_count_max=_one(value_count, "max") if value_count else None,
         domain_min=_one(domain, "min", 0) if domain else None,
         domain_max=_one(domain, "max") if domain else None,
+        properties=properties,
     )
+
+
+# extra_metadata keys that map onto ColumnSchema fields rather than `properties`
+_STRUCTURAL = ("is_list", "is_ragged", "dtype", "_dims")

@@ -9,7 +9,7 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 import pytest  # noqa: E402
 
-from rayrec.etl import EtlConfig, run_etl  # noqa: E402
+from rayrec.etl import EtlConfig, default_workflow, run_etl  # noqa: E402
 from rayrec.synth import SynthConfig, write  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
@@ -26,8 +26,14 @@ def synth_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def etl_dir(synth_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("etl") / "data"
-    run_etl([os.path.join(synth_dir, "events.parquet")], str(out), EtlConfig())
+    etl([os.path.join(synth_dir, "events.parquet")], str(out))
     return str(out)
+
+
+def etl(inputs, out, cfg=None, workflow=None, **kw):
+    """run_etl with the default workflow for `cfg`, quietly."""
+    cfg = cfg or EtlConfig()
+    return run_etl(list(inputs), str(out), cfg, workflow or default_workflow(cfg), progress=lambda m: None, **kw)
 
 
 def shared_path(*parts):

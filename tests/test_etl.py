@@ -1,3 +1,4 @@
+"""The Dask pipeline end to end: layout, equality with pandas, bad input, atomicity."""
 import json
 import os
 
@@ -5,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from conftest import etl
 
-from rayrec.etl import EtlConfig, SessionWorkflow, run_etl
-from rayrec.etl.io import to_seconds
+from rayrec.etl import EtlConfig, InputError, Workflow
 from rayrec.schema import Schema
 
 
@@ -18,16 +19,21 @@ def read_all(data_dir, split=None):
                       for d in days for s in splits], ignore_index=True)
 
 
-def reference_sessions(events: pd.DataFrame, wf: SessionWorkflow, max_len=20, min_len=2) -> dict:
-    """Straightforward pandas: sort, drop consecutive repeats, keep last max_len, drop short."""
+def seconds(text: pd.Series) -> pd.Series:
+    t = pd.to_datetime(text.str.replace(" UTC", ""), utc=True)
+    return (t - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+
+
+def reference_sessions(events: pd.DataFrame, vocab: dict, max_len=20, min_len=2) -> dict:
+    """Straightforward pandas: stable sort by (session, time), drop consecutive repeats,
+    encode (OOV 1, from 3), keep the last max_len, drop short sessions."""
     df = events.copy()
-    df["t"] = to_seconds(df["event_time"], "event_time")
-    df["code"] = wf.encode(df["product_id"])
-    df = df.sort_values(["user_session", "t", "code"], kind="stable")
+    df["t"] = seconds(df["event_time"])
+    df = df[df["user_session"].notna()].sort_values(["user_session", "t"], kind="stable")
     out = {}
     for key, g in df.groupby("user_session", sort=False):
-        codes = g["code"].tolist()
-        dedup = [c for i, c in enumerate(codes) if i == 0 or c != codes[i - 1]]
+        items = g["product_id"].tolist()
+        dedup = [vocab.get(c, 1) for i, c in enumerate(items) if i == 0 or c != items[i - 1]]
         if len(dedup) >= min_len:
             out[key] = dedup[-max_len:]
     return out
@@ -39,52 +45,71 @@ def test_layout_schema_and_workflow(etl_dir):
     schema = Schema.load(etl_dir)
     assert Schema.load(os.path.join(etl_dir, "schema.pbtxt")) == schema
     item = schema.item_id_column()
-    wf = SessionWorkflow.load(os.path.join(etl_dir, "workflow"))
-    assert item.cardinality == wf.cardinality
-    assert not [f for f in os.listdir(os.path.join(etl_dir, "workflow")) if f.endswith((".pkl", ".pickle"))]
+    assert item.value_count_max == 20 and item.properties["first_code"] == 3
+    wf = Workflow.load(os.path.join(etl_dir, "workflow"))
+    assert item.cardinality == wf.categorify_for("product_id").cardinality("product_id")
+    assert not [f for f in os.listdir(os.path.join(etl_dir, "workflow")) if not f.endswith((".json", ".parquet"))]
+    assert pq.read_schema(os.path.join(etl_dir, "1", "train.parquet")).names == schema.names
 
 
 def test_sessions_equal_a_pandas_reference(synth_dir, etl_dir):
     events = pd.read_parquet(os.path.join(synth_dir, "events.parquet"))
-    wf = SessionWorkflow.load(os.path.join(etl_dir, "workflow"))
-    ref = reference_sessions(events, wf)
+    wf = Workflow.load(os.path.join(etl_dir, "workflow"))
+    known = wf.categorify_for("product_id")._state["product_id"].column("value").to_pylist()
+    ref = reference_sessions(events, {v: 3 + i for i, v in enumerate(known)})
     got = read_all(etl_dir)
-    assert len(got) == len(ref)
+    assert len(got) == len(ref) and got["user_session"].is_unique
     for key, items in zip(got["user_session"], got["product_id-list"]):
         assert list(items) == ref[key]
-    assert (got["product_id-list"].map(len) >= 2).all()
-    # every day index matches the day of the session's first event
-    first = events.assign(t=to_seconds(events["event_time"], "event_time")).groupby("user_session")["t"].min()
-    expected = ((first[got["user_session"]].to_numpy() - wf.day0) // 86400 + 1).astype(int)
+    first = seconds(events["event_time"]).groupby(events["user_session"]).min()
+    expected = (first[got["user_session"]].to_numpy() // 86400 - first.min() // 86400 + 1).astype(int)
     assert (got["day_index"].to_numpy() == expected).all()
 
 
-def test_online_transform_equals_batch(synth_dir, etl_dir):
+def test_report_counts_every_dropped_row(synth_dir, tmp_path):
     events = pd.read_parquet(os.path.join(synth_dir, "events.parquet"))
-    wf = SessionWorkflow.load(os.path.join(etl_dir, "workflow"))
-    got = read_all(etl_dir, "test").head(200)
-    by_session = {k: g for k, g in events.groupby("user_session") if k in set(got["user_session"])}
-    for key, items in zip(got["user_session"], got["product_id-list"]):
-        g = by_session[key].sample(frac=1.0, random_state=0)  # order must not matter
-        records = [{"product_id": int(p), "event_time": t} for p, t in zip(g["product_id"], g["event_time"])]
-        assert wf.transform_session(records).tolist() == list(items)
+    events.loc[events.sample(37, random_state=0).index, "user_session"] = None
+    path = tmp_path / "events.parquet"
+    events.to_parquet(path)
+    report = etl([str(path)], tmp_path / "out")
+    assert report["events"] == len(events) and report["events_without_session"] == 37
+    removed = report["rows_removed_by_op"]
+    assert set(removed) == {"00 DropConsecutiveRepeats", "05 Filter"}
+    assert report["sessions"] == len(read_all(str(tmp_path / "out")))
+    assert removed["05 Filter"] == events["user_session"].nunique() - report["sessions"]
+    with_session = events[events["user_session"].notna()].sort_values(["user_session", "event_time"], kind="stable")
+    repeat = (with_session["user_session"] == with_session["user_session"].shift()) & \
+        (with_session["product_id"] == with_session["product_id"].shift())
+    assert removed["00 DropConsecutiveRepeats"] == int(repeat.sum())
+    assert json.load(open(tmp_path / "out" / "report.json")) == report
 
 
-def test_save_load_gives_identical_outputs(synth_dir, etl_dir, tmp_path):
-    wf = SessionWorkflow.load(os.path.join(etl_dir, "workflow"))
-    wf.save(str(tmp_path / "wf"))
-    again = SessionWorkflow.load(str(tmp_path / "wf"))
-    events = pd.read_parquet(os.path.join(synth_dir, "events.parquet")).head(5000)
-    a, _ = wf.transform_partition(events)
-    b, _ = again.transform_partition(events)
-    assert a.equals(b)
+def test_time_split_puts_each_days_latest_sessions_in_test(synth_dir, tmp_path):
+    cfg = EtlConfig(split="time")
+    etl([os.path.join(synth_dir, "events.parquet")], tmp_path / "out", cfg)
+    for d in ("1", "2"):
+        parts = {s: pq.read_table(tmp_path / "out" / d / f"{s}.parquet").column("event_time-first").to_numpy()
+                 for s in ("train", "valid", "test")}
+        assert parts["train"].max() <= parts["valid"].min() <= parts["valid"].max() <= parts["test"].min()
+        n = sum(len(v) for v in parts.values())
+        assert abs(len(parts["test"]) / n - 0.1) < 0.02
 
 
-def test_unknown_ids_go_to_the_oov_bucket(etl_dir):
-    wf = SessionWorkflow.load(os.path.join(etl_dir, "workflow"))
-    known = wf.decode([2])[0]
-    codes = wf.transform_session([{"product_id": known, "event_time": 1}, {"product_id": 999999999999, "event_time": 2}])
-    assert codes.tolist() == [2, 1]
+def test_transform_with_a_fitted_workflow_reuses_its_vocabulary(synth_dir, etl_dir, tmp_path):
+    wf = Workflow.load(os.path.join(etl_dir, "workflow"))
+    etl([os.path.join(synth_dir, "events.parquet")], tmp_path / "again", workflow=wf, fitted=True)
+    a, b = read_all(etl_dir), read_all(str(tmp_path / "again"))
+    pd.testing.assert_frame_equal(a.sort_values("user_session").reset_index(drop=True),
+                                  b.sort_values("user_session").reset_index(drop=True))
+
+
+def test_csv_input_in_several_pieces_matches_parquet(synth_dir, etl_dir, tmp_path):
+    csv = tmp_path / "events.csv"
+    pd.read_parquet(os.path.join(synth_dir, "events.parquet")).to_csv(csv, index=False)
+    report = etl([str(csv)], tmp_path / "out", EtlConfig(blocksize="256KB"))
+    assert report["pieces"] > 4
+    a, b = read_all(etl_dir), read_all(str(tmp_path / "out"))
+    assert sorted(map(tuple, a["product_id-list"])) == sorted(map(tuple, b["product_id-list"]))
 
 
 def test_column_flags_read_a_yoochoose_style_tsv(tmp_path):
@@ -95,31 +120,101 @@ def test_column_flags_read_a_yoochoose_style_tsv(tmp_path):
     path = tmp_path / "clicks.tsv"
     df.to_csv(path, sep="\t", index=False)
     cfg = EtlConfig(session_col="SessionId", item_col="ItemId", time_col="Time")
-    report = run_etl([str(path)], str(tmp_path / "out"), cfg)
+    report = etl([str(path)], tmp_path / "out", cfg)
     assert report["events"] == n and len(report["sessions_by_day"]) >= 3
-    wf = SessionWorkflow.load(str(tmp_path / "out" / "workflow"))
-    assert wf.key_kind == "int" and isinstance(wf.decode([2])[0], int)
+    wf = Workflow.load(str(tmp_path / "out" / "workflow"))
+    assert isinstance(wf.categorify_for("ItemId").decode([3], "ItemId")[0], int)
 
 
-def test_missing_column_names_file_and_column_and_writes_nothing(synth_dir, tmp_path):
+# --- bad input: an error naming file, column and row; nothing left behind -------------------
+def _nothing_written(tmp_path, name="out"):
+    return not (tmp_path / name).exists() and not [p for p in os.listdir(tmp_path) if p.startswith(f".{name}")]
+
+
+def test_missing_column_names_file_and_column(synth_dir, tmp_path):
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"user_session": ["a"], "event_time": ["2019-10-01 00:00:00 UTC"]}).to_csv(bad, index=False)
-    out = tmp_path / "out"
-    with pytest.raises(ValueError) as e:
-        run_etl([os.path.join(synth_dir, "events.parquet"), str(bad)], str(out), EtlConfig())
+    with pytest.raises(InputError) as e:
+        etl([os.path.join(synth_dir, "events.parquet"), str(bad)], tmp_path / "out")
     assert str(bad) in str(e.value) and "product_id" in str(e.value)
-    assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".out")]
+    assert _nothing_written(tmp_path)
+
+
+def _csv_with(tmp_path, column, row, value, rows=20_000):
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"user_session": rng.integers(0, 3000, rows).astype(str),
+                       "product_id": rng.integers(0, 100, rows),
+                       "event_time": pd.Timestamp("2019-10-01") + pd.to_timedelta(rng.integers(0, 86400 * 3, rows), "s"),
+                       "price": rng.uniform(1, 100, rows).round(2)})
+    df["event_time"] = df["event_time"].dt.strftime("%Y-%m-%d %H:%M:%S UTC")
+    df = df.astype({column: object})
+    df.loc[row, column] = value
+    path = tmp_path / "events.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("row", [5, 17_000])   # in the first piece and in a later one
+def test_unparseable_time_names_file_column_and_row(tmp_path, row):
+    path = _csv_with(tmp_path, "event_time", row, "yesterday at noon")
+    with pytest.raises(InputError) as e:
+        etl([str(path)], tmp_path / "out", EtlConfig(blocksize="64KB"))
+    msg = str(e.value)
+    assert str(path) in msg and "'event_time'" in msg and f"row {row}" in msg and "yesterday" in msg
+    assert _nothing_written(tmp_path)
+
+
+def test_non_numeric_value_in_numeric_column(tmp_path):
+    from rayrec.etl import InputSpec
+    from rayrec.etl.ops_numeric import LogOp
+    from rayrec.etl.ops_session import Groupby
+    from rayrec.etl.ops_time import DayIndex
+
+    path = _csv_with(tmp_path, "price", 12_345, "twelve")
+    wf = Workflow([LogOp(["price"]), Groupby(by="user_session", sort="event_time",
+                                             aggs={"price": ["list"], "event_time": ["first"]}),
+                   DayIndex("event_time-first")],
+                  InputSpec(session="user_session", time="event_time", numeric=["price"]))
+    with pytest.raises(InputError) as e:
+        etl([str(path)], tmp_path / "out", EtlConfig(blocksize="64KB"), workflow=wf)
+    msg = str(e.value)
+    assert str(path) in msg and "'price'" in msg and "row 12345" in msg and "twelve" in msg
+    assert _nothing_written(tmp_path)
+
+
+def test_data_unlike_the_fitted_workflow_is_refused_with_the_differences(etl_dir, tmp_path):
+    df = pd.DataFrame({"user_session": ["a", "a"], "product_id": ["x1", "x2"],
+                       "event_time": ["2019-10-01 00:00:00 UTC"] * 2})
+    path = tmp_path / "other.parquet"
+    df.to_parquet(path)
+    wf = Workflow.load(os.path.join(etl_dir, "workflow"))
+    with pytest.raises(InputError) as e:
+        etl([str(path)], tmp_path / "out", workflow=wf, fitted=True)
+    assert "'product_id' is string, fitted as int64" in str(e.value) and str(path) in str(e.value)
+    assert _nothing_written(tmp_path)
 
 
 def test_empty_input_is_an_error(tmp_path):
     empty = tmp_path / "empty.csv"
     empty.write_text("event_time,product_id,user_session\n")
-    with pytest.raises(ValueError, match="no events"):
-        run_etl([str(empty)], str(tmp_path / "out"), EtlConfig())
-    assert not (tmp_path / "out").exists()
+    with pytest.raises(InputError, match="no events"):
+        etl([str(empty)], tmp_path / "out")
+    assert _nothing_written(tmp_path)
 
 
 def test_existing_output_is_not_overwritten_silently(etl_dir, synth_dir):
     with pytest.raises(FileExistsError):
-        run_etl([os.path.join(synth_dir, "events.parquet")], etl_dir, EtlConfig())
+        etl([os.path.join(synth_dir, "events.parquet")], etl_dir)
     assert json.load(open(os.path.join(etl_dir, "report.json")))["events"] > 0
+
+
+def test_gpu_without_cudf_fails_at_once_with_the_install_hint(synth_dir, tmp_path):
+    pytest.importorskip("numpy")
+    try:
+        import cudf  # noqa: F401
+        pytest.skip("cuDF is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(RuntimeError, match=r"rayrec\[gpu\]"):
+        etl([os.path.join(synth_dir, "events.parquet")], tmp_path / "out", EtlConfig(device="gpu"))
+    assert _nothing_written(tmp_path)

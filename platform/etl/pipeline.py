@@ -1,121 +1,198 @@
-"""`rayrec etl`: fit the workflow in one distributed pass, then shuffle events by session
-and write day-partitioned session parquet, atomically.
+"""`rayrec etl`: raw event files -> DIR/<day>/{train,valid,test}.parquet, schema, workflow.
 
-Pass 1 reads only the item and time columns (vocabulary counts, first time, row count).
-Pass 2 shuffles all events by session key so that every session sits in one partition,
-groups each partition with numpy, and writes per-partition parts; the parts of each
-(day, split) are then streamed into one file. Memory is bounded by the partition size.
+1. Stage: every input piece is read, checked and parsed (`Workflow.prepare`) and its rows
+   are written to one of B buckets by a hash of the session key: a shuffle through disk,
+   so that each bucket holds whole sessions and memory is bounded by the bucket size.
+2. Fit: one parallel pass over the buckets per fit level; partial statistics are combined
+   on the client.
+3. Transform: each bucket goes through the fitted ops and is written per day.
+4. Combine: each day's parts are split into train/valid/test and streamed into one file.
+
+Everything is written under a temporary directory renamed into place at the end, so an
+interrupted run leaves no dataset that looks whole.
 """
 from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import shutil
 import time
 
-import dask
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rayrec.etl.config import EtlConfig
-from rayrec.etl.io import canonical_keys, check_columns, expand_inputs, read_events, to_seconds
-from rayrec.etl.workflow import SessionWorkflow
+from rayrec.etl.config import EtlConfig, parse_bytes
+from rayrec.etl.inputs import InputError, frame_from_table
+from rayrec.etl.reading import Piece, check_columns, csv_types, expand_inputs, first_row, plan_pieces, read_piece
+from rayrec.etl.workflow import Workflow, to_table
 from rayrec.files import atomic_directory
 
 SPLITS = ("train", "valid", "test")
-# One row per written (day, split) part, plus one "_report" row of counts per partition.
-_ROW_META = {"day": "int64", "split": "object", "sessions": "int64", "events": "int64",
-             "events_without_session": "int64", "sessions_too_short": "int64"}
 
 
-def fit_workflow(ddf, config: EtlConfig) -> tuple[SessionWorkflow, int]:
-    """One pass over item and time columns: item counts, earliest time, number of events."""
-    items = ddf[config.item_col].map_partitions(canonical_keys, meta=(config.item_col, "string"))
-    seconds = ddf[config.time_col].map_partitions(
-        lambda s: pd.Series(to_seconds(s, config.time_col), index=s.index), meta=(config.time_col, "f8"))
-    counts, min_time, n_events = dask.compute(items.value_counts(dropna=True), seconds.min(), ddf.shape[0])
-    if n_events == 0:
-        raise ValueError("the input holds no events (0 rows); refusing to write an empty dataset")
-    return SessionWorkflow.from_stats(config, counts, float(min_time)), int(n_events)
+# --- tasks (run on Dask workers) ------------------------------------------------------
+def stage_piece(i: int, piece: Piece, wf: Workflow, types: dict | None, n_buckets: int, stage: str,
+                check_types: bool) -> dict:
+    """Read, check and parse one piece; write its rows to buckets by session-key hash."""
+    table = read_piece(piece, wf.raw_columns(), types)
+    try:
+        frame, dropped = wf.prepare(frame_from_table(table), piece.path, 0)
+    except InputError:   # name the row in file coordinates (this reads the file up to the piece)
+        frame, dropped = wf.prepare(frame_from_table(table), piece.path, first_row(piece))
+    if check_types:
+        wf.check_input_types(frame, piece.path)
+    prepared = to_table(frame)
+    if prepared.num_rows:
+        bucket = bucket_of(prepared.column(wf.session_key), n_buckets) if wf.session_key else \
+            np.full(prepared.num_rows, i % n_buckets)
+        order = np.argsort(bucket, kind="stable")
+        bounds = np.searchsorted(bucket[order], np.arange(n_buckets + 1))
+        for b in range(n_buckets):
+            if bounds[b + 1] > bounds[b]:
+                pq.write_table(prepared.take(pa.array(order[bounds[b]:bounds[b + 1]])),
+                               os.path.join(stage, f"b{b:05d}", f"p{i:06d}.parquet"))
+    return {"rows": table.num_rows, "dropped": dropped, "types": {c: str(v.type) for c, v in zip(
+        prepared.column_names, prepared.columns)}}
 
 
-def split_of(keys: np.ndarray, config: EtlConfig) -> np.ndarray:
-    """Deterministic random split per session key: independent of partitioning and order."""
-    h = pd.util.hash_array(np.asarray(keys, dtype=object).astype(str), hash_key=f"rayrec{config.seed:010d}"[:16])
-    u = (h % np.uint64(1_000_000)).astype(np.float64) / 1e6
-    return np.where(u < config.test_fraction, 2, np.where(u < config.test_fraction + config.valid_fraction, 1, 0))
+def bucket_of(keys: pa.ChunkedArray, n: int) -> np.ndarray:
+    """Bucket per row from a hash of the key value: the same key lands in the same bucket
+    from every file and piece."""
+    enc = keys.combine_chunks().dictionary_encode()
+    uniques = enc.dictionary.to_numpy(zero_copy_only=False)
+    h = pd.util.hash_array(uniques.astype(object) if uniques.dtype.kind in "OUS" else uniques)
+    return (h % np.uint64(n)).astype(np.int64)[enc.indices.to_numpy(zero_copy_only=False)]
 
 
-def _write_partition(events: pd.DataFrame, workflow: SessionWorkflow, parts_dir: str,
-                     partition_info=None) -> pd.DataFrame:
-    table, report = workflow.transform_partition(events)
-    pid = partition_info["number"] if partition_info else 0
-    split = split_of(table.column(0).to_numpy(zero_copy_only=False), workflow.config)
-    days = table.column("day_index").to_numpy()
-    rows = []
+def _load_bucket(path: str) -> dict:
+    files = sorted(glob.glob(os.path.join(path, "*.parquet")))
+    return frame_from_table(pa.concat_tables([pq.read_table(f) for f in files]))
+
+
+def fit_bucket(path: str, wf: Workflow, level: int) -> list:
+    return wf.run(_load_bucket(path), level=level)[1]
+
+
+def transform_bucket(path: str, wf: Workflow, parts: str, day_column: str) -> dict:
+    counters: dict = {}
+    out = to_table(wf.run(_load_bucket(path), counters=counters)[0])
+    if day_column not in out.column_names:
+        raise ValueError(f"the workflow's output has no day column {day_column!r} (columns: {out.column_names}); "
+                         "add a DayIndex op or set etl.day_column")
+    days = out.column(day_column).to_numpy()
+    name = os.path.basename(path)
     for day in np.unique(days):
-        for s, name in enumerate(SPLITS):
-            idx = np.flatnonzero((days == day) & (split == s))
-            if len(idx):
-                d = os.path.join(parts_dir, str(int(day)), name)
-                os.makedirs(d, exist_ok=True)
-                pq.write_table(table.take(pa.array(idx)), os.path.join(d, f"part-{pid:05d}.parquet"))
-                rows.append({"day": int(day), "split": name, "sessions": len(idx)})
-    rows.append({"day": -1, "split": "_report", **report})
-    return pd.DataFrame(rows, columns=list(_ROW_META)).fillna(0).astype(_ROW_META)
+        d = os.path.join(parts, str(int(day)))
+        os.makedirs(d, exist_ok=True)
+        pq.write_table(out.filter(pa.array(days == day)), os.path.join(d, f"{name}.parquet"))
+    return {"counters": counters, "rows": out.num_rows}
 
 
-def _combine_parts(parts_dir: str, out_dir: str, arrow_schema: pa.Schema) -> None:
-    """Stream each (day, split)'s parts into out_dir/<day>/<split>.parquet; empty splits get
-    an empty file, so every day has all three."""
-    for day_dir in sorted(glob.glob(os.path.join(parts_dir, "*")), key=lambda p: int(os.path.basename(p))):
-        day = os.path.basename(day_dir)
-        os.makedirs(os.path.join(out_dir, day))
-        for name in SPLITS:
-            target = os.path.join(out_dir, day, f"{name}.parquet")
-            with pq.ParquetWriter(target, arrow_schema) as writer:
-                for part in sorted(glob.glob(os.path.join(day_dir, name, "*.parquet"))):
-                    writer.write_table(pq.read_table(part).cast(arrow_schema))
-    shutil.rmtree(parts_dir)
+def combine_day(day_dir: str, out_dir: str, cfg: EtlConfig, split_key: str | None, time_col: str | None) -> dict:
+    """Split one day's sessions and stream them into <day>/{train,valid,test}.parquet;
+    empty splits get an empty file, so that every day has all three."""
+    parts = sorted(glob.glob(os.path.join(day_dir, "*.parquet")))
+    schema = pq.read_schema(parts[0])
+    cut = None
+    if cfg.split == "time":
+        times = np.concatenate([pq.read_table(p, columns=[time_col]).column(0).to_numpy() for p in parts])
+        cut = np.quantile(times, [1 - cfg.valid_fraction - cfg.test_fraction, 1 - cfg.test_fraction])
+    day = os.path.basename(day_dir)
+    os.makedirs(os.path.join(out_dir, day))
+    writers = {s: pq.ParquetWriter(os.path.join(out_dir, day, f"{s}.parquet"), schema) for s in SPLITS}
+    counts = dict.fromkeys(SPLITS, 0)
+    try:
+        for p in parts:
+            t = pq.read_table(p).cast(schema)
+            if cfg.split == "time":
+                x = t.column(time_col).to_numpy()
+                which = np.where(x < cut[0], 0, np.where(x < cut[1], 1, 2))
+            else:
+                which = split_of(t.column(split_key), cfg)
+            for s, name in enumerate(SPLITS):
+                sel = t.filter(pa.array(which == s))
+                if sel.num_rows:
+                    writers[name].write_table(sel)
+                    counts[name] += sel.num_rows
+    finally:
+        for w in writers.values():
+            w.close()
+    return {day: counts}
 
 
-def run_etl(inputs: list[str], out: str, config: EtlConfig, overwrite: bool = False) -> dict:
-    """Run the whole ETL; returns the report also written to OUT/report.json."""
+def split_of(keys: pa.ChunkedArray, cfg: EtlConfig) -> np.ndarray:
+    """Seeded random split by key: independent of partitioning and order."""
+    values = keys.to_numpy()
+    h = pd.util.hash_array(values.astype(object) if values.dtype.kind in "OUS" else values,
+                           hash_key=f"rayrec{cfg.seed:010d}"[:16])
+    u = (h % np.uint64(1_000_000)).astype(np.float64) / 1e6
+    return np.where(u < cfg.test_fraction, 2, np.where(u < cfg.test_fraction + cfg.valid_fraction, 1, 0))
+
+
+# --- driver ---------------------------------------------------------------------------
+def run_etl(inputs: list[str], out: str, config: EtlConfig, workflow: Workflow, overwrite: bool = False,
+            fitted: bool = False, progress=print) -> dict:
+    """Run the whole ETL (fit unless `fitted`); returns the report also in OUT/report.json."""
+    from rayrec.etl.engine import check_gpu, dask_client
+
     started = time.perf_counter()
+    if config.device == "gpu":
+        check_gpu()
     files = expand_inputs(inputs)
-    cols = [config.session_col, config.item_col, config.time_col]
-    if len(set(cols)) != 3:
-        raise ValueError(f"session, item and time columns must differ, got {cols}")
-    check_columns(files, cols)
-    ddf = read_events(files, cols, string_cols=[config.session_col, config.item_col], blocksize=config.blocksize)
-    workflow, n_events = fit_workflow(ddf, config)
-
-    with atomic_directory(out, overwrite=overwrite) as tmp:
-        parts = os.path.join(tmp, "_parts")
-        shuffled = ddf.shuffle(on=config.session_col, npartitions=max(1, ddf.npartitions))
-        meta = pd.DataFrame({k: pd.Series(dtype=v) for k, v in _ROW_META.items()})
-        rows = shuffled.map_partitions(_write_partition, workflow, parts, meta=meta).compute()
-        written = rows[rows["split"] != "_report"]
-        if written.empty:
-            raise ValueError(f"no session has >= {config.min_session_length} events; nothing to write")
-        arrow_schema = _common_schema(parts)
-        _combine_parts(parts, tmp, arrow_schema)
-        session_dtype = "string" if pa.types.is_string(arrow_schema.field(0).type) or \
-            pa.types.is_large_string(arrow_schema.field(0).type) else str(arrow_schema.field(0).type)
-        workflow.output_schema(session_dtype).save(tmp)
+    check_columns(files, workflow.raw_columns())
+    pieces = plan_pieces(files, parse_bytes(config.blocksize))
+    types = _types(files, workflow)
+    total = sum(os.path.getsize(f) * (4 if f.endswith((".parquet", ".pq")) else 1) for f in files)
+    n_buckets = max(1, math.ceil(total / parse_bytes(config.partition_size)))
+    with atomic_directory(out, overwrite=overwrite) as tmp, \
+            dask_client(config.scheduler, config.device, config.workers) as client:
+        n_buckets = max(n_buckets, len(client.scheduler_info()["workers"]))
+        stage, parts = os.path.join(tmp, "_stage"), os.path.join(tmp, "_parts")
+        for b in range(n_buckets):
+            os.makedirs(os.path.join(stage, f"b{b:05d}"))
+        wf = client.scatter(workflow, broadcast=True)
+        progress(f"stage: {len(pieces)} pieces -> {n_buckets} session buckets")
+        staged = client.gather(client.map(stage_piece, range(len(pieces)), pieces, wf=wf, types=types,
+                                          n_buckets=n_buckets, stage=stage, check_types=fitted, pure=False))
+        n_events = sum(s["rows"] for s in staged)
+        if n_events == 0:
+            raise InputError(f"{', '.join(files)}: the input holds no events (0 rows); nothing to write")
+        _check_types(staged, pieces, workflow, fitted)
+        buckets = [os.path.join(stage, f"b{b:05d}") for b in range(n_buckets)
+                   if os.listdir(os.path.join(stage, f"b{b:05d}"))]
+        for level in range(0 if fitted else workflow.fit_level_count()):
+            progress(f"fit: level {level + 1}/{workflow.fit_level_count()} over {len(buckets)} buckets")
+            partials = client.gather(client.map(fit_bucket, buckets, wf=wf, level=level, pure=False))
+            workflow.combine_level(level, partials)
+            wf = client.scatter(workflow, broadcast=True)
+        progress("transform and write")
+        done = client.gather(client.map(transform_bucket, buckets, wf=wf, parts=parts,
+                                        day_column=config.day_column, pure=False))
+        if not os.path.isdir(parts) or not os.listdir(parts):
+            raise InputError(f"no session survived the workflow's filters: {_sum_counters(done)}; nothing to write")
+        schema = workflow.output_schema()
+        key = workflow.session_key if workflow.session_key in schema.names else schema.names[0]
+        time_col = _time_column(schema, workflow) if config.split == "time" else None
+        days = sorted(os.listdir(parts), key=int)
+        by_day = {}
+        for r in client.gather(client.map(combine_day, [os.path.join(parts, d) for d in days], out_dir=tmp,
+                                          cfg=config, split_key=key, time_col=time_col, pure=False)):
+            by_day.update(r)
+        for d in (stage, parts):
+            _rmtree(d)
+        schema.save(tmp)
         workflow.save(os.path.join(tmp, "workflow"))
-        sums = rows[rows["split"] == "_report"].drop(columns=["day", "split"]).sum()
         report = {
             "inputs": files, "events": n_events,
-            "events_without_session": int(sums.get("events_without_session", 0)),
-            "sessions_grouped": int(sums.get("sessions", 0)),
-            "sessions_too_short": int(sums.get("sessions_too_short", 0)),
-            "items": len(workflow.vocab),
-            "sessions_by_day": {str(d): {s: int(v) for s, v in g.groupby("split")["sessions"].sum().items()}
-                                for d, g in written.groupby("day")},
+            "events_without_session": sum(s["dropped"] for s in staged),
+            "rows_removed_by_op": _sum_counters(done),
+            "sessions": sum(sum(v.values()) for v in by_day.values()),
+            "sessions_by_day": {d: by_day[d] for d in sorted(by_day, key=int)},
+            "pieces": len(pieces), "buckets": n_buckets,
             "seconds": round(time.perf_counter() - started, 2),
         }
         with open(os.path.join(tmp, "report.json"), "w") as f:
@@ -123,7 +200,49 @@ def run_etl(inputs: list[str], out: str, config: EtlConfig, overwrite: bool = Fa
     return report
 
 
-def _common_schema(parts_dir: str) -> pa.Schema:
-    """The arrow schema every part was written with (all parts come from one transform)."""
-    first = sorted(glob.glob(os.path.join(parts_dir, "*", "*", "*.parquet")))[0]
-    return pq.read_schema(first)
+def _types(files: list[str], wf: Workflow) -> dict | None:
+    """CSV column types: the fitted ones when transforming with a fitted workflow."""
+    csvs = [f for f in files if not f.endswith((".parquet", ".pq"))]
+    if not csvs:
+        return None
+    sep = "\t" if csvs[0].endswith((".tsv", ".tab")) else ","
+    types = csv_types(csvs[0], sep, wf.raw_columns(), wf.input.numeric)
+    if wf.input.time and wf.input.time in types and pa.types.is_timestamp(types[wf.input.time]):
+        types[wf.input.time] = pa.string()
+    return types
+
+
+def _check_types(staged: list[dict], pieces: list[Piece], wf: Workflow, fitted: bool) -> None:
+    """Every piece must agree on column types; the first piece's become the fitted ones."""
+    first = next(s for s in staged if s["rows"])
+    for s, p in zip(staged, pieces):
+        diffs = [f"{c}: {t} vs {first['types'][c]}" for c, t in s["types"].items()
+                 if s["rows"] and t != first["types"].get(c) and "null" not in (t, first["types"].get(c))]
+        if diffs:
+            raise InputError(f"{p.path}: column types differ from the first input's: {'; '.join(diffs)}")
+    if not fitted:
+        wf.input_types = {c: _type_name(t) for c, t in first["types"].items()}
+
+
+def _type_name(t: str) -> str:
+    return "string" if t == "large_string" else t
+
+
+def _time_column(schema, wf: Workflow) -> str:
+    for c in schema.columns:
+        if "time" in c.tags and not c.is_list and c.dtype.startswith("float"):
+            return c.name
+    raise ValueError("split: time needs a scalar time column in the output (e.g. Groupby `first` of the time)")
+
+
+def _sum_counters(done: list[dict]) -> dict:
+    total: dict = {}
+    for d in done:
+        for k, v in d["counters"].items():
+            total[k] = total.get(k, 0) + v
+    return dict(sorted(total.items()))
+
+
+def _rmtree(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+

@@ -1,204 +1,296 @@
-"""The fitted session workflow: item vocabulary + time origin, applied in batch and online.
+"""A Workflow: an input contract plus a list of ops, fitted on data and applied anywhere.
 
-Batch (a pandas partition of events, inside Dask) and online (one live session's events
-from a request) run the same numpy core, `group_sessions`, so serving sees exactly the
-encoding that training saw. The fitted state is data: workflow.json plus the vocabulary as
-parquet; loading it executes nothing from the directory.
+Fitting runs in levels. An op's level is the number of stateful ops upstream of its
+inputs: level-0 statistics (vocabularies, means) come from the raw columns in one pass,
+level-1 statistics (e.g. the mean of a log-recency that needs first-seen times) in the
+next, and so on; each pass is one parallel sweep over the partitions.
+
+Before any op runs, a frame's events are sorted by (session key, time), ties kept in
+input order. Every batch partition holds whole sessions (the pipeline shuffles by session
+key), and a live session is one session, so batch and online outputs are identical.
+
+Saved as workflow.json + one parquet file per fitted table; loading builds ops from
+registered names and parameters only.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from dataclasses import asdict, dataclass
+import time
+from typing import Iterable
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rayrec.etl.config import EtlConfig
+from rayrec.etl import ops_encode, ops_numeric, ops_session, ops_time  # noqa: F401  (registers the ops)
+from rayrec.etl.columns import Frame, arrow_type_name, dense_codes, nrows, take_frame, to_arrow
+from rayrec.etl.inputs import InputError, InputSpec, frame_from_table, prepare
+from rayrec.etl.op import Op, op_from_dict
+from rayrec.etl.ops_encode import Categorify
+from rayrec.etl.ops_numeric import Rename
+from rayrec.etl.ops_session import Groupby, Select
 from rayrec.files import read_versioned_json
-from rayrec.etl.io import canonical_key, canonical_keys, time_to_seconds, to_seconds
-from rayrec.schema import CATEGORICAL, ITEM_ID, LIST, SESSION_ID, TIME, ColumnSchema, Schema
+from rayrec.schema import CONTINUOUS, SESSION_ID, TIME, ColumnSchema, Schema
 
-PAD, OOV, FIRST_CODE = 0, 1, 2   # 0 pads sequences; 1 holds unseen and null ids
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
-@dataclass
-class Grouped:
-    """Sessions as ragged arrays: session i's items are items[offsets[i]:offsets[i+1]]."""
-    session: np.ndarray      # per session: the session code it was grouped by
-    length: np.ndarray       # per session: events after de-duplication, before truncation
-    offsets: np.ndarray
-    items: np.ndarray
-    first_time: np.ndarray
+class Workflow:
+    def __init__(self, ops: list[Op], input: InputSpec | None = None):
+        self.ops = list(ops)
+        self.input = input or InputSpec()
+        self.input_types: dict[str, str] | None = None
+        groupbys = [op for op in self.ops if isinstance(op, Groupby)]
+        if len(groupbys) > 1:
+            raise ValueError("a workflow holds at most one Groupby op")
+        self.groupby = groupbys[0] if groupbys else None
+        self.levels = self._levels()
 
-
-def group_sessions(session: np.ndarray, items: np.ndarray, times: np.ndarray, max_len: int) -> Grouped:
-    """Sort by (session, time), drop consecutive repeats, keep each session's last max_len.
-
-    Ties in time are broken by item code, so the result never depends on input order.
-    """
-    order = np.lexsort((items, times, session))
-    s, it, t = session[order], items[order], times[order]
-    keep = np.ones(len(s), dtype=bool)
-    keep[1:] = (s[1:] != s[:-1]) | (it[1:] != it[:-1])
-    s, it, t = s[keep], it[keep], t[keep]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]]) if len(s) else np.zeros(0, dtype=np.int64)
-    ends = np.r_[starts[1:], len(s)].astype(np.int64)
-    cut = np.maximum(starts, ends - max_len)
-    kept = ends - cut
-    offsets = np.r_[0, np.cumsum(kept)].astype(np.int64)
-    idx = np.repeat(cut - offsets[:-1], kept) + np.arange(offsets[-1])
-    return Grouped(session=s[starts], length=ends - starts, offsets=offsets,
-                   items=it[idx].astype(np.int64), first_time=t[starts])
-
-
-@dataclass
-class SessionWorkflow:
-    config: EtlConfig
-    vocab: np.ndarray          # canonical raw ids; code = FIRST_CODE + position
-    vocab_counts: np.ndarray
-    key_kind: str              # "int" when every raw id is an integer (answers use ints)
-    day0: float                # unix seconds of UTC midnight of the first day
-
-    # --- fitting -----------------------------------------------------------------------
-    @classmethod
-    def from_stats(cls, config: EtlConfig, counts: pd.Series, min_time: float) -> "SessionWorkflow":
-        """Build from the distributed pass's item counts (ordered by count, then id)."""
-        counts = counts[counts > 0]
-        frame = pd.DataFrame({"key": counts.index.astype(str), "count": counts.to_numpy()})
-        frame = frame.sort_values(["count", "key"], ascending=[False, True], kind="stable")
-        keys = frame["key"].to_numpy(dtype=object)
-        kind = "int" if len(keys) and all(_is_int(k) for k in keys) else "string"
-        return cls(config, keys, frame["count"].to_numpy(np.int64), kind,
-                   float(np.floor(min_time / 86400.0) * 86400.0))
+    # --- structure ---------------------------------------------------------------------
+    @property
+    def session_key(self) -> str | None:
+        return self.groupby.by if self.groupby else self.input.session
 
     @property
-    def cardinality(self) -> int:
-        """Embedding rows needed: padding, the OOV bucket and every known id."""
-        return FIRST_CODE + len(self.vocab)
+    def sort_key(self) -> str | None:
+        return self.groupby.sort if self.groupby and self.groupby.sort else self.input.time
 
-    # --- encoding ----------------------------------------------------------------------
-    def _index(self) -> pd.Index:
-        if not hasattr(self, "_index_cache"):
-            self._index_cache = pd.Index(self.vocab.astype(str))
-            self._lookup = {k: FIRST_CODE + i for i, k in enumerate(self._index_cache)}
-        return self._index_cache
+    def raw_columns(self) -> list[str]:
+        """Raw input columns: declared, or every column an op reads before anything writes it."""
+        if self.input.columns is not None:
+            return list(self.input.columns)
+        produced, raw = set(), []
+        for c in [self.input.session, self.input.time, *self.input.numeric]:
+            if c and c not in raw:
+                raw.append(c)
+        for op in self.ops:
+            raw += [c for c in op.inputs() if c not in produced and c not in raw]
+            produced |= set(op.outputs())
+        return raw
 
-    def encode(self, raw: pd.Series) -> np.ndarray:
-        codes = self._index().get_indexer(canonical_keys(raw).fillna("\x00null"))
-        return np.where(codes < 0, OOV, codes + FIRST_CODE).astype(np.int64)
-
-    def encode_one(self, raw) -> int:
-        self._index()
-        key = canonical_key(raw)
-        return OOV if key is None else self._lookup.get(key, OOV)
-
-    def decode(self, codes: np.ndarray) -> list:
-        """Codes back to raw ids (int or str as fitted); padding/OOV come back as None."""
-        out = []
-        for c in np.asarray(codes).tolist():
-            if c < FIRST_CODE or c >= self.cardinality:
-                out.append(None)
-            else:
-                k = self.vocab[c - FIRST_CODE]
-                out.append(int(k) if self.key_kind == "int" else str(k))
+    def _levels(self) -> list[int]:
+        """Fit level per op: stateful ops upstream of its inputs, and never below a row
+        filter before it (statistics must see the rows that reach the op)."""
+        level = {c: 0 for c in self.raw_columns()}
+        out, floor = [], 0
+        for i, op in enumerate(self.ops):
+            missing = [c for c in op.inputs() if c not in level]
+            if missing:
+                raise ValueError(f"op {i} ({type(op).__name__}) reads {missing}, which no earlier op writes")
+            lv = max([level[c] for c in op.inputs()] + [floor])
+            out.append(lv)
+            if op.removes_rows:
+                floor = lv
+            if isinstance(op, (Groupby, Select)):   # only their outputs remain
+                level = {c: level[c] for c in op.columns} if isinstance(op, Select) else {}
+            level.update({c: lv + (1 if op.stateful else 0) for c in op.outputs()})
         return out
 
-    # --- batch transform ---------------------------------------------------------------
-    def transform_partition(self, events: pd.DataFrame) -> tuple[pa.Table, dict]:
-        """Events of whole sessions -> one row per kept session, plus counts for the report."""
-        cfg = self.config
-        keys = events[cfg.session_col]
-        has_key = keys.notna().to_numpy()
-        events = events[has_key]
-        sess_codes, uniques = pd.factorize(events[cfg.session_col], sort=False)
-        g = group_sessions(sess_codes.astype(np.int64), self.encode(events[cfg.item_col]),
-                           to_seconds(events[cfg.time_col], cfg.time_col), cfg.max_len)
-        long = g.length >= cfg.min_session_length
-        offsets, items = _select_ragged(g.offsets, g.items, long)
-        first_time = g.first_time[long]
-        table = pa.table({
-            cfg.session_col: pa.array(np.asarray(uniques)[g.session[long]]),
-            self.item_list_col: pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(items)),
-            f"{cfg.item_col}-count": pa.array(g.length[long].astype(np.int64)),
-            f"{cfg.time_col}-first": pa.array(first_time),
-            "day_index": pa.array(self.day_index(first_time)),
-        })
-        report = {"events": int(len(keys)), "events_without_session": int((~has_key).sum()),
-                  "sessions": int(len(g.length)), "sessions_too_short": int((~long).sum())}
-        return table, report
-
-    def day_index(self, seconds: np.ndarray) -> np.ndarray:
-        return (np.floor((seconds - self.day0) / 86400.0) + 1).astype(np.int64)
-
     @property
-    def item_list_col(self) -> str:
-        return f"{self.config.item_col}-list"
+    def fitted(self) -> bool:
+        return all(op.fitted for op in self.ops)
 
-    # --- online transform --------------------------------------------------------------
-    def transform_session(self, events: list[dict]) -> np.ndarray:
-        """One live session's raw events -> its encoded item sequence (at most max_len).
+    # --- running -----------------------------------------------------------------------
+    def prepare(self, frame: Frame, source: str = "input", row0: int = 0) -> tuple[Frame, int]:
+        return prepare(frame, self.input, self.raw_columns(), source, row0)
 
-        Unknown or null ids map to the OOV bucket; without times, the given order is kept.
-        """
-        cfg = self.config
-        items = np.empty(len(events), dtype=np.int64)
-        times = np.empty(len(events), dtype=np.float64)
-        timed = [cfg.time_col in e and e[cfg.time_col] is not None for e in events]
-        if any(timed) and not all(timed):
-            raise ValueError(f"either every event or none has {cfg.time_col!r}")
-        for i, e in enumerate(events):
-            if not isinstance(e, dict) or cfg.item_col not in e:
-                raise ValueError(f"events[{i}]: expected an object with {cfg.item_col!r}")
-            items[i] = self.encode_one(e[cfg.item_col])
-            times[i] = time_to_seconds(e[cfg.time_col], cfg.time_col) if timed[i] else i
-        g = group_sessions(np.zeros(len(events), dtype=np.int64), items, times, cfg.max_len)
-        return g.items
+    def sort(self, frame: Frame) -> Frame:
+        """Order events by (session key, time), ties in input order."""
+        keys = [c for c in (self.sort_key, self.session_key) if c]
+        if not keys or nrows(frame) < 2:
+            return frame
+        cols = [np.asarray(frame[self.sort_key], dtype=np.float64)] if self.sort_key else []
+        if self.session_key:
+            cols.append(dense_codes(frame[self.session_key]))
+        order = np.lexsort(cols)
+        return frame if (order[1:] > order[:-1]).all() else take_frame(frame, order)
+
+    def run(self, frame: Frame, level: int | None = None, online: bool = False,
+            counters: dict | None = None) -> tuple[Frame, list]:
+        """Run the ops on a prepared frame. With `level`, run only what that fit level can
+        and return the partial statistics of that level's ops; else transform fully."""
+        frame = self.sort(frame)
+        partials = []
+        for i, (op, lv) in enumerate(zip(self.ops, self.levels)):
+            if level is not None and lv > level:
+                continue
+            if (online and not op.online) or frame is None:
+                continue
+            if level is not None and op.stateful and lv == level:
+                partials.append(op.partial(frame))
+                continue
+            before = nrows(frame)
+            frame = op.transform(frame)
+            if counters is not None and op.removes_rows:
+                key = f"{i:02d} {type(op).__name__}"
+                counters[key] = counters.get(key, 0) + before - nrows(frame)
+        return frame, partials
+
+    def fit_level_count(self) -> int:
+        stateful = [lv for op, lv in zip(self.ops, self.levels) if op.stateful]
+        return max(stateful) + 1 if stateful else 0
+
+    def combine_level(self, level: int, partials: list[list]) -> None:
+        """Give each op of `level` the partial statistics every partition computed for it."""
+        ops = [op for op, lv in zip(self.ops, self.levels) if op.stateful and lv == level]
+        for j, op in enumerate(ops):
+            op.combine([p[j] for p in partials])
+
+    def record_input_types(self, frame: Frame) -> None:
+        types = {c: arrow_type_name(v) for c, v in frame.items()}
+        if self.input_types is None:
+            self.input_types = types
+        else:   # a column null in one partition takes its type from another
+            for c, t in types.items():
+                if self.input_types.get(c) == "null":
+                    self.input_types[c] = t
+
+    def check_input_types(self, frame: Frame, source: str) -> None:
+        """Refuse data whose columns or types differ from what the workflow was fitted on."""
+        if self.input_types is None:
+            return
+        diffs = []
+        for c, want in self.input_types.items():
+            if c not in frame:
+                diffs.append(f"column {c!r} is missing (fitted as {want})")
+            else:
+                got = arrow_type_name(frame[c])
+                if got != want and "null" not in (got, want):
+                    diffs.append(f"column {c!r} is {got}, fitted as {want}")
+        if diffs:
+            raise InputError(f"{source}: the data differs from what the workflow was fitted on: " + "; ".join(diffs))
+
+    # --- in-process API ----------------------------------------------------------------
+    def fit(self, data) -> "Workflow":
+        """Fit on a pyarrow Table, a pandas DataFrame, or a list of them (partitions, each
+        holding whole sessions)."""
+        frames = [self.prepare(f, f"partition {i}")[0] for i, f in enumerate(_frames(data))]
+        for f in frames:
+            self.record_input_types(f)
+        for level in range(self.fit_level_count()):
+            self.combine_level(level, [self.run(f, level=level)[1] for f in frames])
+        return self
+
+    def transform(self, data, counters: dict | None = None) -> pa.Table:
+        if not self.fitted:
+            raise ValueError("the workflow is not fitted: call fit() first or load a fitted one")
+        tables = []
+        for i, f in enumerate(_frames(data)):
+            f, _ = self.prepare(f, f"partition {i}")
+            self.check_input_types(f, f"partition {i}")
+            tables.append(to_table(self.run(f, counters=counters)[0]))
+        return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+    def fit_transform(self, data) -> pa.Table:
+        return self.fit(data).transform(data)
+
+    def transform_events(self, events: list[dict], now: float | None = None) -> Frame:
+        """Online: one live session's raw events (JSON objects) -> its output row(s), with
+        numpy and pyarrow only. Filters are skipped: a live session is never dropped."""
+        if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+            raise InputError("events: expected a list of JSON objects")
+        frame: Frame = {}
+        for c in self.raw_columns():
+            values = [e.get(c) for e in events]
+            if c == self.input.time and all(v is None for v in values):
+                values = [now if now is not None else time.time()] * len(values)
+            elif c == self.input.session and all(v is None for v in values):
+                values = ["live"] * len(values)
+            frame[c] = self._coerce_online(c, values)
+        frame, _ = self.prepare(frame, "events")
+        return self.run(frame, online=True)[0]
+
+    def _coerce_online(self, column: str, values: list) -> pa.Array:
+        want = (self.input_types or {}).get(column)
+        try:
+            arr = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            raise InputError(f"events: field {column!r} mixes types: {values[:5]!r}") from None
+        if want in (None, "null") or str(arr.type) == want or pa.types.is_null(arr.type):
+            return arr
+        if column == self.input.time or column in self.input.numeric:
+            return arr
+        try:
+            return arr.cast(pa.type_for_alias(want))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+            return arr   # Categorify coerces ids itself and names a bad one
 
     # --- schema ------------------------------------------------------------------------
-    def output_schema(self, session_dtype: str) -> Schema:
-        cfg = self.config
-        return Schema([
-            ColumnSchema(cfg.session_col, session_dtype, tags=[SESSION_ID]),
-            ColumnSchema(self.item_list_col, "int64", is_list=True, tags=[ITEM_ID, CATEGORICAL, LIST],
-                         value_count_min=cfg.min_session_length, value_count_max=cfg.max_len,
-                         domain_min=0, domain_max=self.cardinality - 1),
-            ColumnSchema(f"{cfg.item_col}-count", "int64", tags=[]),
-            ColumnSchema(f"{cfg.time_col}-first", "float64", tags=[TIME]),
-            ColumnSchema("day_index", "int64", tags=[TIME]),
-        ])
+    def output_schema(self) -> Schema:
+        cols = {c: self._input_schema(c) for c in self.raw_columns()}
+        for op in self.ops:
+            if isinstance(op, Select):
+                cols = {c: cols[c] for c in op.columns}
+            elif isinstance(op, Groupby):
+                cols = {s.name: s for s in op.output_schema(cols)}
+            elif isinstance(op, Rename):
+                cols = {op.mapping.get(k, k): dataclasses.replace(v, name=op.mapping.get(k, k)) for k, v in cols.items()}
+            else:
+                cols.update({s.name: s for s in op.output_schema(cols)})
+        return Schema(list(cols.values()))
 
-    # --- persistence: JSON + parquet, never pickle -------------------------------------
+    def _input_schema(self, c: str) -> ColumnSchema:
+        t = (self.input_types or {}).get(c, "string")
+        dtype = {"double": "float64", "float": "float32", "string": "string"}.get(t, t)
+        tags = [SESSION_ID] if c == self.input.session else [TIME] if c == self.input.time else \
+            [CONTINUOUS] if c in self.input.numeric else []
+        if c == self.input.time:
+            dtype = "float64"
+        return ColumnSchema(c, dtype, tags=tags)
+
+    def categorify_for(self, vocab: str) -> Categorify:
+        for op in self.ops:
+            if isinstance(op, Categorify) and vocab in {op.vocab_of(c) for c in op.columns}:
+                return op
+        raise KeyError(f"no Categorify op fits a vocabulary named {vocab!r}")
+
+    # --- persistence -------------------------------------------------------------------
     def save(self, directory: str) -> None:
+        if not self.fitted:
+            raise ValueError("only a fitted workflow can be saved")
         os.makedirs(directory, exist_ok=True)
-        pq.write_table(pa.table({"key": pa.array(self.vocab.astype(str).tolist(), pa.string()),
-                                 "count": self.vocab_counts}), os.path.join(directory, "vocab_item.parquet"))
-        meta = {"format_version": FORMAT_VERSION, "config": asdict(self.config), "key_kind": self.key_kind,
-                "day0": self.day0, "vocab_file": "vocab_item.parquet",
-                "codes": {"padding": PAD, "oov": OOV, "first": FIRST_CODE}}
+        ops = []
+        for i, op in enumerate(self.ops):
+            tables = {}
+            for key, table in op.state_tables().items():
+                name = f"op{i:02d}.{_safe(key)}.parquet"
+                pq.write_table(table, os.path.join(directory, name))
+                tables[key] = name
+            ops.append({"op": type(op).__name__, "params": op.params(), "state": op.state_json(), "tables": tables})
+        meta = {"format_version": FORMAT_VERSION, "input": dataclasses.asdict(self.input),
+                "input_types": self.input_types, "ops": ops}
         with open(os.path.join(directory, "workflow.json"), "w") as f:
             json.dump(meta, f, indent=2)
 
     @classmethod
-    def load(cls, directory: str) -> "SessionWorkflow":
+    def load(cls, directory: str) -> "Workflow":
         meta = read_versioned_json(os.path.join(directory, "workflow.json"), FORMAT_VERSION, "fitted workflow")
-        vocab = pq.read_table(os.path.join(directory, os.path.basename(meta["vocab_file"])))
-        return cls(EtlConfig(**meta["config"]), np.asarray(vocab["key"].to_pylist(), dtype=object),
-                   vocab["count"].to_numpy(), meta["key_kind"], float(meta["day0"]))
+        ops = []
+        for spec in meta["ops"]:
+            op = op_from_dict({"op": spec["op"], **spec["params"]})
+            tables = {k: pq.read_table(os.path.join(directory, os.path.basename(v))) for k, v in spec["tables"].items()}
+            if op.stateful:
+                op.load_state(spec["state"], tables)
+            ops.append(op)
+        wf = cls(ops, InputSpec(**meta["input"]))
+        wf.input_types = meta["input_types"]
+        return wf
 
 
-def _select_ragged(offsets: np.ndarray, values: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    lengths = np.diff(offsets)[keep]
-    new_offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
-    idx = np.repeat(offsets[:-1][keep] - new_offsets[:-1], lengths) + np.arange(new_offsets[-1])
-    return new_offsets, values[idx]
+def to_table(frame: Frame) -> pa.Table:
+    return pa.table({k: to_arrow(v) for k, v in frame.items()})
 
 
-def _is_int(key: str) -> bool:
-    try:
-        return str(int(key)) == key
-    except ValueError:
-        return False
+def _frames(data) -> Iterable[Frame]:
+    parts = data if isinstance(data, (list, tuple)) else [data]
+    for p in parts:
+        if not isinstance(p, pa.Table):
+            p = pa.Table.from_pandas(p, preserve_index=False)
+        yield frame_from_table(p)
+
+
+def _safe(key: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in key)
+

@@ -22,7 +22,7 @@ def save_model(model: SessionModel, directory: str, extra: dict | None = None) -
     os.makedirs(directory, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, os.path.join(directory, "model.safetensors"))
-    meta = {"format_version": FORMAT_VERSION, "n_items": model.n_items, "model": asdict(model.cfg), **(extra or {})}
+    meta = {"format_version": FORMAT_VERSION, "n_items": model.n_items, "first_item": model.first_item, "model": asdict(model.cfg), **(extra or {})}
     with open(os.path.join(directory, "model.json"), "w") as f:
         json.dump(meta, f, indent=2)
 
@@ -33,7 +33,7 @@ def read_model_meta(directory: str) -> dict:
 
 def load_model(directory: str) -> SessionModel:
     meta = read_model_meta(directory)
-    model = SessionModel(ModelConfig(**meta["model"]), int(meta["n_items"]))
+    model = SessionModel(ModelConfig(**meta["model"]), int(meta["n_items"]), int(meta.get("first_item", 2)))
     model.load_state_dict(load_file(os.path.join(directory, "model.safetensors")))
     return model.eval()
 

@@ -18,13 +18,15 @@ from rayrec.models.bodies import build_body
 from rayrec.models.config import ModelConfig
 
 PAD = 0
-N_SPECIAL = 2  # codes 0 (padding) and 1 (unknown item) are never predicted
+FIRST_ITEM = 2  # default first real item code: 0 pads, 1 is the unknown-item bucket
 
 
 class SessionModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, n_items: int):
+    def __init__(self, cfg: ModelConfig, n_items: int, first_item: int = FIRST_ITEM):
+        """Codes below `first_item` (padding, unknown, null: the schema's `first_code`)
+        are never predicted nor trained on as targets."""
         super().__init__()
-        self.cfg, self.n_items = cfg, n_items
+        self.cfg, self.n_items, self.first_item = cfg, n_items, first_item
         self.item_embedding = nn.Embedding(n_items, cfg.d_model, padding_idx=PAD)
         nn.init.normal_(self.item_embedding.weight, std=0.02)
         with torch.no_grad():
@@ -48,7 +50,7 @@ class SessionModel(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Scores over the whole catalogue, the output layer tied to the item embeddings."""
         out = F.linear(hidden, self.item_embedding.weight, self.output_bias)
-        return out.index_fill(-1, torch.arange(N_SPECIAL, device=out.device), float("-inf"))
+        return out.index_fill(-1, torch.arange(self.first_item, device=out.device), float("-inf"))
 
     # --- training ----------------------------------------------------------------------
     def forward(self, items: torch.Tensor) -> torch.Tensor:
@@ -60,7 +62,7 @@ class SessionModel(nn.Module):
             masked = mask_mlm(items, self.cfg.mlm_probability)
             hidden = self.encode(items.masked_fill(masked, PAD), masked)
             targets = items.masked_fill(~masked, PAD)
-        keep = targets >= N_SPECIAL
+        keep = targets >= self.first_item
         return F.cross_entropy(self.logits(hidden[keep]), targets[keep])
 
     # --- inference ---------------------------------------------------------------------

@@ -1,17 +1,21 @@
 """A trained run as a function: raw events of one live session -> top-k raw item ids.
 
-Loads only data from the run directory (workflow JSON + parquet, model JSON +
-safetensors): no pickle, no code from the directory. Used by the Ray Serve app and
-usable in-process.
+Loads only data from the run directory (workflow JSON + parquet, schema, model JSON +
+safetensors): no pickle, no code from the directory. The fitted workflow turns the raw
+events into the model's inputs online (numpy/pyarrow, no Dask); its item vocabulary turns
+the scores back into raw ids. Used by the Ray Serve app and usable in-process.
 """
 from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 
-from rayrec.etl.workflow import SessionWorkflow
+from rayrec.etl.columns import Ragged
+from rayrec.etl.workflow import Workflow
 from rayrec.models.checkpoint import load_model
+from rayrec.schema import Schema
 
 
 class Recommender:
@@ -19,22 +23,33 @@ class Recommender:
         workflow_dir = os.path.join(run_dir, "workflow")
         if not os.path.isdir(workflow_dir):
             raise FileNotFoundError(f"{run_dir}: no workflow/ (was the run trained on rayrec etl output?)")
-        self.workflow = SessionWorkflow.load(workflow_dir)
+        self.workflow = Workflow.load(workflow_dir)
+        item = Schema.load(run_dir).item_id_column()
+        self.item_col, self.vocab = item.name, item.properties.get("vocab")
+        if self.vocab is None:
+            raise ValueError(f"{run_dir}: schema column {item.name!r} names no vocabulary; it was not "
+                             "encoded by this workflow's Categorify")
+        self.encoder = self.workflow.categorify_for(self.vocab)
         self.model = load_model(os.path.join(run_dir, "checkpoint"))
-        if self.model.n_items != self.workflow.cardinality:
+        if self.model.n_items != self.encoder.cardinality(self.vocab):
             raise ValueError(f"{run_dir}: the model has {self.model.n_items} item rows but the workflow "
-                             f"encodes {self.workflow.cardinality}; they come from different datasets")
-        self.item_col = self.workflow.config.item_col
-        self.time_col = self.workflow.config.time_col
+                             f"encodes {self.encoder.cardinality(self.vocab)}; they come from different datasets")
 
     @property
     def catalogue_size(self) -> int:
-        return len(self.workflow.vocab)
+        return self.model.n_items - self.model.first_item
+
+    def encode(self, events: list[dict]) -> np.ndarray:
+        """The model's input codes for one session's raw events."""
+        col = self.workflow.transform_events(events)[self.item_col]
+        if not isinstance(col, Ragged) or len(col) != 1:
+            raise ValueError(f"events: expected the events of one session, got {len(col)} sessions")
+        return np.asarray(col.values, dtype=np.int64)
 
     def recommend(self, events: list[dict], k: int) -> tuple[list, list[float]]:
         """Top-k next items for a session given as raw events (unknown ids count as OOV)."""
-        codes = self.workflow.transform_session(events)
+        codes = self.encode(events)
         k = min(k, self.catalogue_size)
         scores = self.model.next_item_scores(torch.from_numpy(codes)[None, :])[0]
         top = torch.topk(scores, k)
-        return self.workflow.decode(top.indices.numpy()), [round(float(s), 6) for s in top.values]
+        return self.encoder.decode(top.indices.numpy(), self.vocab), [round(float(s), 6) for s in top.values]

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from rayrec.metrics import DEFAULT_KS, add_sums, metric_sums, target_ranks
-from rayrec.models.session_model import N_SPECIAL, SessionModel
+from rayrec.models.session_model import SessionModel
 from rayrec.train.data import eval_examples
 
 
@@ -27,11 +27,11 @@ def item_counts(train_items: list[np.ndarray], n_items: int) -> np.ndarray:
     return counts
 
 
-def popularity_metric_sums(counts: np.ndarray, items: np.ndarray, ks=DEFAULT_KS) -> dict:
+def popularity_metric_sums(counts: np.ndarray, items: np.ndarray, first_item: int, ks=DEFAULT_KS) -> dict:
     """Every session gets the same list: items by training frequency."""
     _, targets = eval_examples(items)
     scores = counts.copy()
-    scores[:N_SPECIAL] = -1.0
+    scores[:first_item] = -1.0
     ordered = np.sort(scores)
     ranks = len(ordered) - np.searchsorted(ordered, scores[targets], side="right")
     return metric_sums(torch.from_numpy(ranks), ks)
@@ -68,7 +68,7 @@ def evaluate_run(run_dir: str, data_dir: str, days_spec: str | None = None, spli
     for day in days:
         items = load_items(split_path(data_dir, day, split), item.name, max_len)
         rows.append({"day": day, "split": split, **finalize(model_metric_sums(model, items)),
-                     "popularity": finalize(popularity_metric_sums(counts, items))})
+                     "popularity": finalize(popularity_metric_sums(counts, items, model.first_item))})
     return {"run": run_dir, "data": data_dir, "days": rows}
 
 

@@ -35,7 +35,7 @@ def train_loop_per_worker(spec: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(tcfg.threads_per_worker)
     torch.manual_seed(tcfg.seed)
-    model = SessionModel(mcfg, spec["n_items"])
+    model = SessionModel(mcfg, spec["n_items"], spec["first_item"])
 
     history: list[dict] = []
     start = 0

@@ -51,6 +51,7 @@ def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: Tra
     with atomic_directory(out, overwrite=overwrite) as tmp:
         spec = {"model": asdict(model_cfg), "train": asdict(train_cfg), "data_dir": data_dir,
                 "item_col": item.name, "n_items": item.cardinality, "days": days,
+                "first_item": int(item.properties.get("first_code", 1)),
                 "scratch": os.path.join(tmp, "scratch")}
         trainer = TorchTrainer(
             train_loop_per_worker, train_loop_config=spec,
@@ -75,7 +76,8 @@ def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: Tra
         for name in ("scratch", "ray"):
             shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
 
-        metrics = summarize(history, data_dir, item.name, item.cardinality, model_cfg.max_len, train_cfg)
+        metrics = summarize(history, data_dir, item.name, item.cardinality, spec["first_item"], model_cfg.max_len,
+                            train_cfg)
         metrics["config"] = {"model": asdict(model_cfg), "train": asdict(train_cfg), "data": data_dir}
         with open(os.path.join(tmp, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2)
@@ -85,7 +87,7 @@ def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: Tra
     return metrics
 
 
-def summarize(history: list[dict], data_dir: str, item_col: str, n_items: int, max_len: int,
+def summarize(history: list[dict], data_dir: str, item_col: str, n_items: int, first_item: int, max_len: int,
               tcfg: TrainConfig) -> dict:
     """Attach the popularity baseline (counts of every day trained so far) and average."""
     seen = []
@@ -94,7 +96,7 @@ def summarize(history: list[dict], data_dir: str, item_col: str, n_items: int, m
         if rec.get("eval_day") is None:
             continue
         items = load_items(split_path(data_dir, rec["eval_day"], tcfg.eval_split), item_col, max_len)
-        rec["popularity"] = finalize(popularity_metric_sums(item_counts(seen, n_items), items))
+        rec["popularity"] = finalize(popularity_metric_sums(item_counts(seen, n_items), items, first_item))
     evaluated = [r for r in history if r.get("eval_day") is not None]
     average = {k: sum(r[k] for r in evaluated) / len(evaluated) for k in REPORTED} if evaluated else {}
     pop_average = {k: sum(r["popularity"][k] for r in evaluated) / len(evaluated) for k in REPORTED} \

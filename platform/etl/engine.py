@@ -1,0 +1,46 @@
+"""Where the ETL runs: a local Dask cluster sized to the machine, an existing scheduler,
+or dask-cuda workers with cuDF as Dask's dataframe backend (`--device gpu`)."""
+from __future__ import annotations
+
+import contextlib
+import os
+
+GPU_HELP = ("--device gpu needs cuDF and dask-cuda on a machine with an NVIDIA GPU: "
+            "pip install 'rayrec[gpu]' (CUDA 12 wheels from https://pypi.nvidia.com)")
+
+
+def check_gpu() -> None:
+    """Fail at once, before any work, when the GPU engine cannot run here."""
+    try:
+        import cudf  # noqa: F401
+        import dask_cuda  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError(f"{GPU_HELP} ({e})") from None
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None = None, device: str = "cpu", workers: int | None = None):
+    """A distributed Client for the run; a cluster started here is closed on exit."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    if device == "gpu":
+        check_gpu()
+        from dask_cuda import LocalCUDACluster
+
+        with dask.config.set({"dataframe.backend": "cudf"}):
+            cluster = None if scheduler else LocalCUDACluster(ip="127.0.0.1", dashboard_address=None)
+            with Client(scheduler or cluster) as client:
+                yield client
+            if cluster is not None:
+                cluster.close()
+        return
+    if scheduler:
+        with Client(scheduler) as client:
+            yield client
+        return
+    n = workers or os.cpu_count() or 1
+    with dask.config.set({"distributed.worker.daemon": False, "logging.distributed": "error"}):
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                          dashboard_address=None, silence_logs=40) as cluster, Client(cluster) as client:
+            yield client
