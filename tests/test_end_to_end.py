@@ -70,7 +70,8 @@ def test_pipeline_end_to_end(tmp_path, ray_local, capsys):
     req = [{"product_id": e["product_id"], "event_time": e["event_time"]} for e in events]
     status, answer = post_json(base + "/recommend", {"events": req, "k": 5})
     assert status == 200 and len(answer["items"]) == 5 and len(answer["scores"]) == 5
-    known = {int(k) for k in pq.read_table(run / "workflow" / "vocab_item.parquet")["key"].to_pylist()}
+    vocab = [f for f in os.listdir(run / "workflow") if f.endswith(".vocab.product_id.parquet")]
+    known = set(pq.read_table(run / "workflow" / vocab[0])["value"].to_pylist())
     assert all(isinstance(i, int) and i in known for i in answer["items"])
     assert answer["scores"] == sorted(answer["scores"], reverse=True)
 
