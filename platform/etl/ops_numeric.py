@@ -207,6 +207,7 @@ class JoinGroupby(Op):
             aggs += [(f"{c}_sum", "sum"), (f"{c}_count", "sum"), (f"{c}_min", "min"), (f"{c}_max", "max"),
                      (f"{c}__sq_sum", "sum")]
         g = t.group_by("key").aggregate(aggs)
+        g = g.filter(pc.is_valid(g.column("key")))   # a null group joins nothing, as in pandas
         out = {"key": g.column("key"), f"{self.group}_count": g.column("key_count_sum")}
         def col(name):
             return g.column(name).combine_chunks().to_numpy(zero_copy_only=False).astype(np.float64)

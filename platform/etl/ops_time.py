@@ -113,6 +113,7 @@ class ItemRecency(Op):
 
     def combine(self, parts):
         t = pa.concat_tables(parts).group_by("key").aggregate([("t_min", "min")])
+        t = t.filter(pc.is_valid(t.column("key")))
         self._state = t.rename_columns(["key", "first_seen"])
 
     def transform(self, frame):
