@@ -41,6 +41,6 @@ def dask_client(scheduler: str | None = None, device: str = "cpu", workers: int 
         return
     n = workers or os.cpu_count() or 1
     with dask.config.set({"distributed.worker.daemon": False, "logging.distributed": "error"}):
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+        with LocalCluster(n_workers=1, threads_per_worker=n, processes=False,
                           dashboard_address=None, silence_logs=40) as cluster, Client(cluster) as client:
             yield client

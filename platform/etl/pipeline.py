@@ -32,6 +32,7 @@ from rayrec.etl.workflow import Workflow, to_table
 from rayrec.files import atomic_directory
 
 SPLITS = ("train", "valid", "test")
+TEMP_COMPRESSION = "lz4"   # staged and intermediate files are read back at once: speed over size
 
 
 # --- tasks (run on Dask workers) ------------------------------------------------------
@@ -54,7 +55,7 @@ def stage_piece(i: int, piece: Piece, wf: Workflow, types: dict | None, n_bucket
         for b in range(n_buckets):
             if bounds[b + 1] > bounds[b]:
                 pq.write_table(prepared.take(pa.array(order[bounds[b]:bounds[b + 1]])),
-                               os.path.join(stage, f"b{b:05d}", f"p{i:06d}.parquet"))
+                               os.path.join(stage, f"b{b:05d}", f"p{i:06d}.parquet"), compression=TEMP_COMPRESSION)
     return {"rows": table.num_rows, "dropped": dropped, "types": {c: str(v.type) for c, v in zip(
         prepared.column_names, prepared.columns)}}
 
@@ -68,13 +69,13 @@ def bucket_of(keys: pa.ChunkedArray, n: int) -> np.ndarray:
     return (h % np.uint64(n)).astype(np.int64)[enc.indices.to_numpy(zero_copy_only=False)]
 
 
-def _load_bucket(path: str) -> dict:
+def _load_bucket(path: str, columns: list[str] | None = None) -> dict:
     files = sorted(glob.glob(os.path.join(path, "*.parquet")))
-    return frame_from_table(pa.concat_tables([pq.read_table(f) for f in files]))
+    return frame_from_table(pa.concat_tables([pq.read_table(f, columns=columns) for f in files]))
 
 
 def fit_bucket(path: str, wf: Workflow, level: int) -> list:
-    return wf.run(_load_bucket(path), level=level)[1]
+    return wf.run(_load_bucket(path, wf.fit_plan(level)[1]), level=level)[1]
 
 
 def transform_bucket(path: str, wf: Workflow, parts: str, day_column: str) -> dict:
@@ -88,7 +89,8 @@ def transform_bucket(path: str, wf: Workflow, parts: str, day_column: str) -> di
     for day in np.unique(days):
         d = os.path.join(parts, str(int(day)))
         os.makedirs(d, exist_ok=True)
-        pq.write_table(out.filter(pa.array(days == day)), os.path.join(d, f"{name}.parquet"))
+        pq.write_table(out.filter(pa.array(days == day)), os.path.join(d, f"{name}.parquet"),
+                       compression=TEMP_COMPRESSION)
     return {"counters": counters, "rows": out.num_rows}
 
 
@@ -154,6 +156,14 @@ def run_etl(inputs: list[str], out: str, config: EtlConfig, workflow: Workflow, 
         stage, parts = os.path.join(tmp, "_stage"), os.path.join(tmp, "_parts")
         for b in range(n_buckets):
             os.makedirs(os.path.join(stage, f"b{b:05d}"))
+        phases = {"start": time.perf_counter() - started}
+        mark = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal mark
+            phases[name] = time.perf_counter() - mark
+            mark = time.perf_counter()
+
         wf = client.scatter(workflow, broadcast=True)
         progress(f"stage: {len(pieces)} pieces -> {n_buckets} session buckets")
         staged = client.gather(client.map(stage_piece, range(len(pieces)), pieces, wf=wf, types=types,
@@ -162,6 +172,7 @@ def run_etl(inputs: list[str], out: str, config: EtlConfig, workflow: Workflow, 
         if n_events == 0:
             raise InputError(f"{', '.join(files)}: the input holds no events (0 rows); nothing to write")
         _check_types(staged, pieces, workflow, fitted)
+        lap("stage")
         buckets = [os.path.join(stage, f"b{b:05d}") for b in range(n_buckets)
                    if os.listdir(os.path.join(stage, f"b{b:05d}"))]
         for level in range(0 if fitted else workflow.fit_level_count()):
@@ -169,11 +180,13 @@ def run_etl(inputs: list[str], out: str, config: EtlConfig, workflow: Workflow, 
             partials = client.gather(client.map(fit_bucket, buckets, wf=wf, level=level, pure=False))
             workflow.combine_level(level, partials)
             wf = client.scatter(workflow, broadcast=True)
+            lap(f"fit_{level + 1}")
         progress("transform and write")
         done = client.gather(client.map(transform_bucket, buckets, wf=wf, parts=parts,
                                         day_column=config.day_column, pure=False))
         if not os.path.isdir(parts) or not os.listdir(parts):
             raise InputError(f"no session survived the workflow's filters: {_sum_counters(done)}; nothing to write")
+        lap("transform")
         schema = workflow.output_schema()
         key = workflow.session_key if workflow.session_key in schema.names else schema.names[0]
         time_col = _time_column(schema, workflow) if config.split == "time" else None
@@ -184,6 +197,7 @@ def run_etl(inputs: list[str], out: str, config: EtlConfig, workflow: Workflow, 
             by_day.update(r)
         for d in (stage, parts):
             _rmtree(d)
+        lap("combine")
         schema.save(tmp)
         workflow.save(os.path.join(tmp, "workflow"))
         report = {
@@ -194,6 +208,7 @@ def run_etl(inputs: list[str], out: str, config: EtlConfig, workflow: Workflow, 
             "sessions_by_day": {d: by_day[d] for d in sorted(by_day, key=int)},
             "pieces": len(pieces), "buckets": n_buckets,
             "seconds": round(time.perf_counter() - started, 2),
+            "phase_seconds": {k: round(v, 2) for k, v in phases.items()},
         }
         with open(os.path.join(tmp, "report.json"), "w") as f:
             json.dump(report, f, indent=2)

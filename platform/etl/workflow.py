@@ -109,16 +109,16 @@ class Workflow:
 
     def run(self, frame: Frame, level: int | None = None, online: bool = False,
             counters: dict | None = None) -> tuple[Frame, list]:
-        """Run the ops on a prepared frame. With `level`, run only what that fit level can
-        and return the partial statistics of that level's ops; else transform fully."""
+        """Run the ops on a prepared frame. With `level`, run only the ops that level's
+        statistics need and return their partial statistics; else transform fully."""
         frame = self.sort(frame)
         partials = []
-        for i, (op, lv) in enumerate(zip(self.ops, self.levels)):
-            if level is not None and lv > level:
+        steps = self.fit_plan(level)[0] if level is not None else range(len(self.ops))
+        for i in steps:
+            op = self.ops[i]
+            if online and not op.online:
                 continue
-            if (online and not op.online) or frame is None:
-                continue
-            if level is not None and op.stateful and lv == level:
+            if level is not None and op.stateful and self.levels[i] == level:
                 partials.append(op.partial(frame))
                 continue
             before = nrows(frame)
@@ -127,6 +127,21 @@ class Workflow:
                 key = f"{i:02d} {type(op).__name__}"
                 counters[key] = counters.get(key, 0) + before - nrows(frame)
         return frame, partials
+
+    def fit_plan(self, level: int) -> tuple[list[int], list[str]]:
+        """The ops a fit pass at `level` must run (those feeding its stateful ops, and the
+        row filters before them) and the raw columns they read: a pass reads nothing else."""
+        targets = [i for i, op in enumerate(self.ops) if op.stateful and self.levels[i] == level]
+        needed: set[str] = set()   # the sort keys are read raw: encoding them changes no order
+        keep: list[int] = []
+        for i in range(max(targets, default=-1), -1, -1):
+            op = self.ops[i]
+            if i in targets or op.removes_rows or needed & set(op.outputs()):
+                keep.append(i)
+                needed |= set(op.inputs())
+        needed |= {c for c in (self.session_key, self.sort_key) if c}
+        raw = [c for c in self.raw_columns() if c in needed]
+        return sorted(keep), raw
 
     def fit_level_count(self) -> int:
         stateful = [lv for op, lv in zip(self.ops, self.levels) if op.stateful]
