@@ -144,3 +144,29 @@ def arrow_type_name(col: Column) -> str:
     if pa.types.is_large_string(t):
         t = pa.string()
     return str(t)
+
+
+class KeyIndex:
+    """Positions of values among a fitted key column (-1: absent or null): a hash join for
+    batches, a dict built once for the few values of a live session."""
+    SMALL = 64
+
+    def __init__(self, keys: pa.Array | pa.ChunkedArray):
+        self.keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+        self._dict: dict | None = None
+
+    def positions(self, values: pa.Array) -> np.ndarray:
+        if pa.types.is_floating(values.type):
+            values = pc.if_else(pc.is_nan(values), pa.scalar(None, values.type), values)
+        if values.type != self.keys.type:
+            values = values.cast(self.keys.type)
+        if len(values) <= self.SMALL:
+            if self._dict is None:
+                self._dict = {k: i for i, k in enumerate(self.keys.to_pylist())}
+            get = self._dict.get
+            return np.fromiter((-1 if v is None else get(v, -1) for v in values.to_pylist()), np.int64, len(values))
+        idx = pc.index_in(values, value_set=self.keys)
+        return idx.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+    def __getstate__(self):   # ship the keys, not the dict
+        return {"keys": self.keys, "_dict": None}

@@ -14,12 +14,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rayrec.etl.columns import Frame, Ragged, map_values, to_arrow
+from rayrec.etl.columns import Frame, KeyIndex, Ragged, map_values, to_arrow
 from rayrec.etl.op import Op, register_op
 from rayrec.schema import CATEGORICAL, CONTINUOUS, ColumnSchema
-
-_SMALL = 64   # at most this many values: look up in a dict (a live session), else hash-join
-
 
 @register_op
 @dataclass
@@ -74,7 +71,7 @@ class Categorify(Op):
                 t = t.slice(0, self.max_size)
             state[name] = t
         self._state = state
-        self._dicts: dict[str, dict] = {}
+        self._index: dict[str, KeyIndex] = {}
 
     # --- transform ---------------------------------------------------------------------
     def transform(self, frame: Frame) -> Frame:
@@ -84,24 +81,16 @@ class Categorify(Op):
         return out
 
     def encode(self, values, vocab: str, column: str) -> np.ndarray:
-        table = self._state[vocab]
-        known = table.column("value").combine_chunks()
-        arr = _coerce(to_arrow(values), known.type, column)
+        if vocab not in self._index:
+            self._index[vocab] = KeyIndex(self._state[vocab].column("value"))
+        index = self._index[vocab]
+        arr = _coerce(to_arrow(values), index.keys.type, column)
         s = self.start_index
-        if len(arr) <= _SMALL:
-            lookup = self._dict(vocab, known)
-            return np.array([s + 1 if v is None else lookup.get(v, s) for v in arr.to_pylist()], dtype=np.int64)
-        idx = pc.index_in(arr, value_set=known)
-        codes = pc.fill_null(pc.add(idx, s + 2), s).to_numpy(zero_copy_only=False).astype(np.int64)
+        pos = index.positions(arr)
+        codes = np.where(pos >= 0, pos + s + 2, s)
         if arr.null_count:
             codes[arr.is_null().to_numpy(zero_copy_only=False)] = s + 1
         return codes
-
-    def _dict(self, vocab: str, known: pa.Array) -> dict:
-        if vocab not in self._dicts:
-            s = self.start_index
-            self._dicts[vocab] = {v: s + 2 + i for i, v in enumerate(known.to_pylist())}
-        return self._dicts[vocab]
 
     def decode(self, codes: np.ndarray, vocab: str) -> list:
         """Codes back to raw values; padding, OOV and null codes come back as None."""
@@ -132,7 +121,7 @@ class Categorify(Op):
 
     def load_state(self, state: dict, tables: dict[str, pa.Table]) -> None:
         self._state = {name: tables[f"vocab.{name}"] for name in self._groups()}
-        self._dicts = {}
+        self._index = {}
 
 
 def _flat(col) -> pa.Array:

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rayrec.etl.columns import Frame, Ragged, as_float, map_values, to_arrow
+from rayrec.etl.columns import Frame, KeyIndex, Ragged, as_float, map_values, to_arrow
 from rayrec.etl.op import FUNCTIONS, Op, as_list, register_op
 from rayrec.schema import CATEGORICAL, CONTINUOUS, ColumnSchema
 
@@ -221,19 +221,15 @@ class JoinGroupby(Op):
             for s in self.stats:
                 if s != "count":
                     out[f"{self.group}_{c}_{s}"] = pa.array(values[s], pa.float64())
-        self._state = pa.table(out)
+        self.load_state({}, {"groups": pa.table(out)})
 
     def transform(self, frame):
-        table = self._state
-        idx = pc.index_in(_nan_to_null(to_arrow(frame[self.group])).cast(table.column("key").type),
-                          value_set=table.column("key").combine_chunks())
-        found = idx.is_valid().to_numpy(zero_copy_only=False)
-        rows = idx.fill_null(0).to_numpy(zero_copy_only=False)
+        pos = self._index.positions(to_arrow(frame[self.group]))
+        found, rows = pos >= 0, np.maximum(pos, 0)
         out = dict(frame)
-        for name in self.outputs():
-            v = table.column(name).to_numpy().astype(np.float64) if table.num_rows else np.zeros(1)
-            out[name] = np.where(found, v[rows] if table.num_rows else 0.0,
-                                 0.0 if name == f"{self.group}_count" else np.nan)
+        for name, v in self._values.items():
+            missing = 0.0 if name == f"{self.group}_count" else np.nan
+            out[name] = np.where(found, v[rows], missing) if len(v) else np.full(len(pos), missing)
         return out
 
     def output_schema(self, given):
@@ -244,6 +240,8 @@ class JoinGroupby(Op):
 
     def load_state(self, state, tables):
         self._state = tables["groups"]
+        self._index = KeyIndex(self._state.column("key"))
+        self._values = {n: self._state.column(n).to_numpy().astype(np.float64) for n in self.outputs()}
 
 
 def _nan_to_null(arr: pa.Array) -> pa.Array:

@@ -140,6 +140,10 @@ class ListSlice(Op):
 
     def slice(self, col: Ragged) -> Ragged:
         n = col.lengths
+        longest = int(n.max(initial=0))
+        if self.pad_to is None and (self.start == 0 or -self.start >= longest) and \
+                (self.end is None or self.end >= longest):
+            return col   # every list fits: nothing to cut (the usual case online)
         lo = np.clip(np.where(self.start < 0, n + self.start, self.start), 0, n)
         hi = n if self.end is None else np.clip(np.where(self.end < 0, n + self.end, self.end), 0, n)
         hi = np.maximum(hi, lo)

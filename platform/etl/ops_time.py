@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rayrec.etl.columns import as_float, dense_codes, to_arrow
+from rayrec.etl.columns import KeyIndex, as_float, dense_codes, to_arrow
 from rayrec.etl.op import Op, register_op
 from rayrec.schema import CONTINUOUS, TIME, ColumnSchema
 
@@ -114,17 +114,12 @@ class ItemRecency(Op):
     def combine(self, parts):
         t = pa.concat_tables(parts).group_by("key").aggregate([("t_min", "min")])
         t = t.filter(pc.is_valid(t.column("key")))
-        self._state = t.rename_columns(["key", "first_seen"])
+        self.load_state({}, {"first_seen": t.rename_columns(["key", "first_seen"])})
 
     def transform(self, frame):
-        table = self._state
-        keys = to_arrow(frame[self.item]).cast(table.column("key").type)
-        idx = pc.index_in(keys, value_set=table.column("key").combine_chunks())
+        pos = self._index.positions(to_arrow(frame[self.item]))
         t = as_float(frame[self.time], self.time)
-        first = table.column("first_seen").to_numpy()
-        rows = idx.fill_null(0).to_numpy(zero_copy_only=False)
-        seen = idx.is_valid().to_numpy(zero_copy_only=False)
-        start = np.where(seen, first[rows] if len(first) else t, t)
+        start = np.where(pos >= 0, self._first[np.maximum(pos, 0)] if len(self._first) else t, t)
         return {**frame, self.out: np.maximum((t - start) / DAY, 0.0)}
 
     def output_schema(self, given):
@@ -135,6 +130,8 @@ class ItemRecency(Op):
 
     def load_state(self, state, tables):
         self._state = tables["first_seen"]
+        self._index = KeyIndex(self._state.column("key"))
+        self._first = self._state.column("first_seen").to_numpy()
 
 
 @register_op

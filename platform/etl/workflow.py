@@ -46,6 +46,7 @@ class Workflow:
         if len(groupbys) > 1:
             raise ValueError("a workflow holds at most one Groupby op")
         self.groupby = groupbys[0] if groupbys else None
+        self._raw = self._raw_columns()
         self.levels = self._levels()
 
     # --- structure ---------------------------------------------------------------------
@@ -58,6 +59,9 @@ class Workflow:
         return self.groupby.sort if self.groupby and self.groupby.sort else self.input.time
 
     def raw_columns(self) -> list[str]:
+        return list(self._raw)
+
+    def _raw_columns(self) -> list[str]:
         """Raw input columns: declared, or every column an op reads before anything writes it."""
         if self.input.columns is not None:
             return list(self.input.columns)
