@@ -70,7 +70,7 @@ def synth(events: int, work: str) -> str:
     path = os.path.join(d, "events.csv")
     if not os.path.exists(path):
         subprocess.run([sys.executable, "-m", "rayrec.cli", "synth", "--out", d, "--events", str(events),
-                        "--items", str(max(2000, events // 50)), "--format", "csv"], check=True,
+                        "--items", str(max(2000, events // 50)), "--format", "csv", "--no-ceiling"], check=True,
                        stdout=subprocess.DEVNULL)
     return path
 

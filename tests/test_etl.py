@@ -218,3 +218,16 @@ def test_gpu_without_cudf_fails_at_once_with_the_install_hint(synth_dir, tmp_pat
     with pytest.raises(RuntimeError, match=r"rayrec\[gpu\]"):
         etl([os.path.join(synth_dir, "events.parquet")], tmp_path / "out", EtlConfig(device="gpu"))
     assert _nothing_written(tmp_path)
+
+
+def test_runs_on_an_existing_multi_process_dask_cluster(synth_dir, etl_dir, tmp_path):
+    """--scheduler: workers in other processes (as on other nodes) get the workflow and its
+    fitted state over the wire, and produce what the local engine produced."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        etl([os.path.join(synth_dir, "events.parquet")], tmp_path / "out", EtlConfig(scheduler=cluster.scheduler_address))
+    a, b = read_all(etl_dir), read_all(str(tmp_path / "out"))
+    pd.testing.assert_frame_equal(a.sort_values("user_session").reset_index(drop=True),
+                                  b.sort_values("user_session").reset_index(drop=True))

@@ -123,12 +123,6 @@ class PriceBand(Op):
     def transform(self, frame):
         return {**frame, self.out: (frame[self.column] > self._state["median"]).astype(np.int64)}
 
-    def state_json(self):
-        return self._state
-
-    def load_state(self, state, tables):
-        self._state = state
-
 register_function("cents")(lambda price: np.round(price * 100))
 '''
 

@@ -85,16 +85,17 @@ class Op:
     def params(self) -> dict:
         return dataclasses.asdict(self)
 
+    # By default a stateful op keeps a JSON-able dict in `_state`; ops whose state is
+    # tables (vocabularies, per-group statistics) override all three methods.
     def state_json(self) -> dict:
-        """JSON-able fitted state (scalars); big state goes to `state_tables`."""
-        return {}
+        return getattr(self, "_state", None) or {}
 
     def state_tables(self) -> dict[str, pa.Table]:
         return {}
 
     def load_state(self, state: dict, tables: dict[str, pa.Table]) -> None:
         if self.stateful:
-            raise TypeError(f"{type(self).__name__} must define load_state()")
+            self._state = state
 
 
 def op_from_dict(spec: dict) -> Op:

@@ -116,6 +116,9 @@ class Categorify(Op):
                             "first_code": self.start_index + 2}))
         return out
 
+    def state_json(self) -> dict:
+        return {}
+
     def state_tables(self) -> dict[str, pa.Table]:
         return {f"vocab.{name}": t for name, t in self._state.items()}
 

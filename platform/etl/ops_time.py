@@ -85,12 +85,6 @@ class DayIndex(Op):
     def output_schema(self, given):
         return [ColumnSchema(self.out, "int64", tags=[TIME])]
 
-    def state_json(self):
-        return self._state
-
-    def load_state(self, state, tables):
-        self._state = state
-
 
 @register_op
 @dataclass
@@ -124,6 +118,9 @@ class ItemRecency(Op):
 
     def output_schema(self, given):
         return [ColumnSchema(self.out, "float64", tags=[CONTINUOUS])]
+
+    def state_json(self):
+        return {}
 
     def state_tables(self):
         return {"first_seen": self._state}

@@ -146,13 +146,14 @@ def run_etl(inputs: list[str], out: str, config: EtlConfig, workflow: Workflow, 
         check_gpu()
     files = expand_inputs(inputs)
     check_columns(files, workflow.raw_columns())
-    pieces = plan_pieces(files, parse_bytes(config.blocksize))
     types = _types(files, workflow)
     total = sum(os.path.getsize(f) * (4 if f.endswith((".parquet", ".pq")) else 1) for f in files)
-    n_buckets = max(1, math.ceil(total / parse_bytes(config.partition_size)))
     with atomic_directory(out, overwrite=overwrite) as tmp, \
             dask_client(config.scheduler, config.device, config.workers) as client:
-        n_buckets = max(n_buckets, len(client.scheduler_info()["workers"]))
+        slots = sum(w["nthreads"] for w in client.scheduler_info()["workers"].values())
+        pieces = plan_pieces(files, _blocksize(files, parse_bytes(config.blocksize), slots))
+        # every worker thread gets a bucket; more buckets when the data would not fit them
+        n_buckets = max(slots, math.ceil(total / parse_bytes(config.partition_size)))
         stage, parts = os.path.join(tmp, "_stage"), os.path.join(tmp, "_parts")
         for b in range(n_buckets):
             os.makedirs(os.path.join(stage, f"b{b:05d}"))
@@ -213,6 +214,15 @@ def run_etl(inputs: list[str], out: str, config: EtlConfig, workflow: Workflow, 
         with open(os.path.join(tmp, "report.json"), "w") as f:
             json.dump(report, f, indent=2)
     return report
+
+
+def _blocksize(files: list[str], limit: int, slots: int) -> int:
+    """At most `limit` bytes per piece, in a number of pieces that keeps every slot busy to
+    the end (a multiple of the slots)."""
+    size = sum(os.path.getsize(f) for f in files)
+    pieces = max(1, math.ceil(size / limit))
+    pieces = math.ceil(pieces / slots) * slots
+    return max(1 << 16, math.ceil(size / pieces))
 
 
 def _types(files: list[str], wf: Workflow) -> dict | None:
