@@ -1,5 +1,15 @@
 """Where the ETL runs: a local Dask cluster sized to the machine, an existing scheduler,
-or dask-cuda workers with cuDF as Dask's dataframe backend (`--device gpu`)."""
+or dask-cuda workers with cuDF as Dask's dataframe backend (`--device gpu`).
+
+The local cluster is one process with a thread per core: the ops spend their time in
+numpy and pyarrow kernels that release the GIL, and threads start in a fraction of the
+time worker processes take and share the fitted state without serialising it.
+
+GPU status: `--device gpu` checks for cuDF and dask-cuda, starts one dask-cuda worker per
+GPU and selects the cuDF backend, but the ops still compute with numpy/pyarrow on those
+workers' host memory; cupy/cuDF kernels behind the same op code are not written yet (no
+GPU has been available to develop and test them on).
+"""
 from __future__ import annotations
 
 import contextlib

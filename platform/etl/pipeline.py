@@ -152,8 +152,8 @@ def run_etl(inputs: list[str], out: str, config: EtlConfig, workflow: Workflow, 
             dask_client(config.scheduler, config.device, config.workers) as client:
         slots = sum(w["nthreads"] for w in client.scheduler_info()["workers"].values())
         pieces = plan_pieces(files, _blocksize(files, parse_bytes(config.blocksize), slots))
-        # every worker thread gets a bucket; more buckets when the data would not fit them
-        n_buckets = max(slots, math.ceil(total / parse_bytes(config.partition_size)))
+        # buckets small enough for a worker's memory, in a multiple of the worker threads
+        n_buckets = math.ceil(math.ceil(total / parse_bytes(config.partition_size)) / slots) * slots
         stage, parts = os.path.join(tmp, "_stage"), os.path.join(tmp, "_parts")
         for b in range(n_buckets):
             os.makedirs(os.path.join(stage, f"b{b:05d}"))
