@@ -108,12 +108,6 @@ class PriceBand(Op):
     out: str
     stateful = True
 
-    def inputs(self):
-        return [self.column]
-
-    def outputs(self):
-        return [self.out]
-
     def partial(self, frame):
         return frame[self.column]
 

@@ -56,11 +56,12 @@ class Op:
 
     # --- columns -----------------------------------------------------------------------
     def inputs(self) -> list[str]:
-        return list(getattr(self, "columns", []))
+        """Columns read: the op's `columns` (or its one `column`)."""
+        return as_list(getattr(self, "columns", None) or getattr(self, "column", None))
 
     def outputs(self) -> list[str]:
-        out = getattr(self, "out", None)
-        return list(out) if out else self.inputs()
+        """Columns written: `out` (one name or a list), else the inputs, in place."""
+        return as_list(getattr(self, "out", None)) or self.inputs()
 
     def output_schema(self, given: dict[str, ColumnSchema]) -> list[ColumnSchema]:
         """Schemas of the columns this op writes, from the schemas of what it reads."""

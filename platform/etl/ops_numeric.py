@@ -260,9 +260,6 @@ class RelativeDifference(Op):
     def inputs(self):
         return [self.column, self.reference]
 
-    def outputs(self):
-        return [self.out]
-
     def transform(self, frame):
         x, ref = as_float(frame[self.column], self.column), as_float(frame[self.reference], self.reference)
         with np.errstate(invalid="ignore"):
@@ -285,9 +282,6 @@ class Apply(Op):
 
     def __post_init__(self):
         self.columns = as_list(self.columns)
-
-    def outputs(self):
-        return [self.out]
 
     def transform(self, frame):
         if self.function not in FUNCTIONS:

@@ -199,9 +199,6 @@ class Filter(Op):
         if self.cmp not in _COMPARE and self.cmp != "notnull":
             raise ValueError(f"Filter: unknown cmp {self.cmp!r}; expected one of {list(_COMPARE) + ['notnull']}")
 
-    def inputs(self):
-        return [self.column]
-
     def outputs(self):
         return []
 

@@ -32,9 +32,6 @@ class Cyclic(Op):
         if bad:
             raise ValueError(f"Cyclic: unknown parts {bad}; expected some of {sorted(_PERIODS)}")
 
-    def inputs(self):
-        return [self.column]
-
     def outputs(self):
         p = self.prefix or self.column
         return [f"{p}_{part}_{f}" for part in self.parts for f in ("sin", "cos")]
@@ -61,12 +58,6 @@ class DayIndex(Op):
     column: str
     out: str = "day_index"
     stateful = True
-
-    def inputs(self):
-        return [self.column]
-
-    def outputs(self):
-        return [self.out]
 
     def partial(self, frame):
         t = as_float(frame[self.column], self.column)
@@ -97,9 +88,6 @@ class ItemRecency(Op):
 
     def inputs(self):
         return [self.item, self.time]
-
-    def outputs(self):
-        return [self.out]
 
     def partial(self, frame):
         t = pa.table({"key": to_arrow(frame[self.item]), "t": as_float(frame[self.time], self.time)})
@@ -143,9 +131,6 @@ class DifferenceLag(Op):
 
     def inputs(self):
         return [self.column, self.by]
-
-    def outputs(self):
-        return [self.out]
 
     def transform(self, frame):
         x = as_float(frame[self.column], self.column)
