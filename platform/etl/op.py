@@ -25,7 +25,7 @@ from typing import Any, Callable, ClassVar
 
 import pyarrow as pa
 
-from rayrec.etl.columns import Frame
+from rayrec.etl.columns import Frame, KeyIndex
 from rayrec.schema import ColumnSchema
 
 OPS: dict[str, type["Op"]] = {}
@@ -97,6 +97,23 @@ class Op:
     def load_state(self, state: dict, tables: dict[str, pa.Table]) -> None:
         if self.stateful:
             self._state = state
+
+
+class KeyedTableOp(Op):
+    """A stateful op whose fitted state is one table with a `key` column, looked up by key
+    at transform time (per-group statistics, first-seen times)."""
+    stateful = True
+    table_name: ClassVar[str] = "state"
+
+    def state_json(self) -> dict:
+        return {}
+
+    def state_tables(self) -> dict[str, pa.Table]:
+        return {self.table_name: self._state}
+
+    def load_state(self, state: dict, tables: dict[str, pa.Table]) -> None:
+        self._state = tables[self.table_name]
+        self._index = KeyIndex(self._state.column("key"))
 
 
 def op_from_dict(spec: dict) -> Op:

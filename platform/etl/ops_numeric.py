@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rayrec.etl.columns import Frame, KeyIndex, Ragged, as_float, map_values, to_arrow
-from rayrec.etl.op import FUNCTIONS, Op, as_list, register_op
+from rayrec.etl.columns import Frame, Ragged, as_float, map_values, to_arrow
+from rayrec.etl.op import FUNCTIONS, KeyedTableOp, Op, as_list, register_op
 from rayrec.schema import CATEGORICAL, CONTINUOUS, ColumnSchema
 
 
@@ -161,7 +161,7 @@ _STATS = ("count", "sum", "mean", "min", "max", "std")
 
 @register_op
 @dataclass
-class JoinGroupby(Op):
+class JoinGroupby(KeyedTableOp):
     """Per-group statistics of continuous columns, joined back onto every row.
 
     Outputs are named `<group>_<column>_<stat>` (and `<group>_count`); a group never seen at
@@ -170,7 +170,7 @@ class JoinGroupby(Op):
     group: str
     columns: list[str]
     stats: list[str] = field(default_factory=lambda: ["mean"])
-    stateful = True
+    table_name = "groups"
 
     def __post_init__(self):
         bad = sorted(set(self.stats) - set(_STATS))
@@ -229,15 +229,8 @@ class JoinGroupby(Op):
     def output_schema(self, given):
         return [ColumnSchema(n, "float64", tags=[CONTINUOUS]) for n in self.outputs()]
 
-    def state_json(self):
-        return {}
-
-    def state_tables(self):
-        return {"groups": self._state}
-
     def load_state(self, state, tables):
-        self._state = tables["groups"]
-        self._index = KeyIndex(self._state.column("key"))
+        super().load_state(state, tables)
         self._values = {n: self._state.column(n).to_numpy().astype(np.float64) for n in self.outputs()}
 
 

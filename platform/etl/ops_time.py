@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rayrec.etl.columns import KeyIndex, as_float, dense_codes, to_arrow
-from rayrec.etl.op import Op, register_op
+from rayrec.etl.columns import as_float, dense_codes, to_arrow
+from rayrec.etl.op import KeyedTableOp, Op, register_op
 from rayrec.schema import CONTINUOUS, TIME, ColumnSchema
 
 DAY = 86400.0
@@ -79,12 +79,12 @@ class DayIndex(Op):
 
 @register_op
 @dataclass
-class ItemRecency(Op):
+class ItemRecency(KeyedTableOp):
     """Age of the item at event time, in days since it was first seen (never negative)."""
     item: str
     time: str
     out: str
-    stateful = True
+    table_name = "first_seen"
 
     def inputs(self):
         return [self.item, self.time]
@@ -107,15 +107,8 @@ class ItemRecency(Op):
     def output_schema(self, given):
         return [ColumnSchema(self.out, "float64", tags=[CONTINUOUS])]
 
-    def state_json(self):
-        return {}
-
-    def state_tables(self):
-        return {"first_seen": self._state}
-
     def load_state(self, state, tables):
-        self._state = tables["first_seen"]
-        self._index = KeyIndex(self._state.column("key"))
+        super().load_state(state, tables)
         self._first = self._state.column("first_seen").to_numpy()
 
 
