@@ -54,9 +54,9 @@ class PeakRss:
         return self.peak
 
 
-def run_measured(cmd: list[str]) -> tuple[str, float, int]:
+def run_measured(cmd: list[str], cwd: str | None = None) -> tuple[str, float, int]:
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd)
     rss = PeakRss(proc.pid)
     out, _ = proc.communicate()
     peak = rss.stop()
@@ -104,7 +104,8 @@ def nvtabular(path: str, out: str) -> dict | None:
         return None
     python = subprocess.run(["bash", os.path.join(PEER, "setup.sh")], capture_output=True, text=True,
                             check=True).stdout.strip().splitlines()[-1]
-    text, wall, peak = run_measured([python, os.path.join(PEER, "bench.py"), "--input", path, "--out", out])
+    os.makedirs(out, exist_ok=True)  # NVTabular writes categories/ into its working directory
+    text, wall, peak = run_measured([python, os.path.join(PEER, "bench.py"), "--input", path, "--out", out], cwd=out)
     result = json.loads(text.strip().splitlines()[-1])
     result.update({"wall": round(wall, 2), "peak_rss_gib": peak / 2**30})
     return result
