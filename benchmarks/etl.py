@@ -105,7 +105,8 @@ def nvtabular(path: str, out: str) -> dict | None:
     python = subprocess.run(["bash", os.path.join(PEER, "setup.sh")], capture_output=True, text=True,
                             check=True).stdout.strip().splitlines()[-1]
     os.makedirs(out, exist_ok=True)  # NVTabular writes categories/ into its working directory
-    text, wall, peak = run_measured([python, os.path.join(PEER, "bench.py"), "--input", path, "--out", out], cwd=out)
+    text, wall, peak = run_measured([python, os.path.join(PEER, "bench.py"), "--input", os.path.abspath(path),
+                                     "--out", os.path.abspath(out)], cwd=out)
     result = json.loads(text.strip().splitlines()[-1])
     result.update({"wall": round(wall, 2), "peak_rss_gib": peak / 2**30})
     return result
