@@ -152,12 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     e.set_defaults(func=cmd_etl)
 
-    t = sub.add_parser("train", help="day-by-day training on Ray Train (train on day t, evaluate on t+1)")
+    t = sub.add_parser("train", help="day-by-day training on Ray Train (train on day t, evaluate on t+1)",
+                       description="Day-by-day training on Ray Train. Every model option (features, "
+                       "embeddings, aggregation, masking, heads, sampled softmax...) is a key of the "
+                       "config's model: section, listed with examples in docs/model-config.md.")
     t.add_argument("--data", required=True, help="output directory of rayrec etl")
     t.add_argument("--out", required=True, help="run directory to write")
     _add_config(t)
-    t.add_argument("--arch", choices=["xlnet", "gpt2"])
-    t.add_argument("--masking", choices=["mlm", "clm"])
+    t.add_argument("--arch", help="body: xlnet gpt2 bert roberta albert electra longformer reformer llama "
+                   "mistral gru lstm, or any transformers model_type (default gpt2)")
+    t.add_argument("--masking", choices=["clm", "mlm", "plm", "rtd"], help="training objective (default clm)")
     t.add_argument("--d-model", type=int)
     t.add_argument("--n-layer", type=int)
     t.add_argument("--n-head", type=int)

@@ -14,6 +14,7 @@ import torch
 
 from rayrec.etl.columns import Ragged
 from rayrec.etl.workflow import Workflow
+from rayrec.models.batch import pad_ragged
 from rayrec.models.checkpoint import load_model
 from rayrec.schema import Schema
 
@@ -39,17 +40,27 @@ class Recommender:
     def catalogue_size(self) -> int:
         return self.model.n_items - self.model.first_item
 
-    def encode(self, events: list[dict]) -> np.ndarray:
-        """The model's input codes for one session's raw events."""
-        col = self.workflow.transform_events(events)[self.item_col]
-        if not isinstance(col, Ragged) or len(col) != 1:
-            raise ValueError(f"events: expected the events of one session, got {len(col)} sessions")
-        return np.asarray(col.values, dtype=np.int64)
+    def encode(self, events: list[dict]) -> dict[str, torch.Tensor]:
+        """The model's input batch (one row) for one session's raw events."""
+        frame = self.workflow.transform_events(events)
+        item = frame[self.item_col]
+        if not isinstance(item, Ragged) or len(item) != 1:
+            raise ValueError(f"events: expected the events of one session, got {len(item)} sessions")
+        batch = {}
+        for f in self.model.features:
+            if f.name not in frame:
+                raise ValueError(f"the workflow does not produce model feature {f.name!r}")
+            col = frame[f.name]
+            dtype = np.int64 if f.kind == "categorical" else np.float32
+            if f.is_list:
+                values = np.asarray(col.values, dtype=dtype)
+                batch[f.name] = torch.from_numpy(pad_ragged(col.offsets - col.offsets[0], values, len(values)))
+            else:
+                batch[f.name] = torch.from_numpy(np.asarray(col, dtype=dtype)[:1])
+        return batch
 
-    def recommend(self, events: list[dict], k: int) -> tuple[list, list[float]]:
+    def recommend(self, events: list[dict], k: int, exclude_seen: bool = False) -> tuple[list, list[float]]:
         """Top-k next items for a session given as raw events (unknown ids count as OOV)."""
-        codes = self.encode(events)
-        k = min(k, self.catalogue_size)
-        scores = self.model.next_item_scores(torch.from_numpy(codes)[None, :])[0]
-        top = torch.topk(scores, k)
-        return self.encoder.decode(top.indices.numpy(), self.vocab), [round(float(s), 6) for s in top.values]
+        codes, scores = self.model.recommend(self.encode(events), k, exclude_seen=exclude_seen)
+        keep = torch.isfinite(scores[0])
+        return self.encoder.decode(codes[0][keep].numpy(), self.vocab), [round(float(s), 6) for s in scores[0][keep]]

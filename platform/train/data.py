@@ -1,4 +1,4 @@
-"""Session parquet -> padded item arrays, and the per-worker sharding of them."""
+"""Session parquet -> padded feature batches, and the per-worker sharding of them."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pyarrow.parquet as pq
 
-from rayrec.models.inputs import pad_list_column
+from rayrec.models.batch import Batch, pad_list_column, table_batch
+from rayrec.models.features import FeatureSpec
 
 
 def day_dirs(data_dir: str) -> list[int]:
@@ -20,23 +21,24 @@ def split_path(data_dir: str, day: int, split: str) -> str:
     return path
 
 
+def load_batch(path: str, features: list[FeatureSpec], targets: list[str], max_len: int) -> Batch:
+    """The model's columns of one split: list features padded to max_len, session-level
+    features and sequence-head targets as one value per session."""
+    def dtype(f: FeatureSpec):
+        return np.int64 if f.kind == "categorical" else np.float32
+
+    names = [f.name for f in features] + [t for t in targets if t not in {f.name for f in features}]
+    present = set(pq.read_schema(path).names)  # absent ones are reported by table_batch
+    table = pq.read_table(path, columns=[n for n in names if n in present])
+    lists = {f.name: dtype(f) for f in features if f.is_list}
+    scalars = {f.name: dtype(f) for f in features if not f.is_list} | {t: np.float32 for t in targets}
+    return table_batch(table, lists, scalars, max_len, features[0].name, where=path)
+
+
 def load_items(path: str, item_col: str, max_len: int) -> np.ndarray:
     """Right-padded item codes [sessions, max_len] (the last max_len items of each)."""
     table = pq.read_table(path, columns=[item_col])
     return pad_list_column(table.column(item_col), max_len)
-
-
-def eval_examples(items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each session's last item is the target; the input is what came before it, and only
-    that: the target's position is cleared, so no model can see it."""
-    lengths = (items != 0).sum(1)
-    keep = lengths >= 2
-    items, lengths = items[keep], lengths[keep]
-    rows = np.arange(len(items))
-    targets = items[rows, lengths - 1].copy()
-    inputs = items.copy()
-    inputs[rows, lengths - 1] = 0
-    return inputs, targets
 
 
 def shard_rows(n: int, rank: int, world: int, seed: int) -> np.ndarray:

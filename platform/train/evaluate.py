@@ -5,16 +5,18 @@ import numpy as np
 import torch
 
 from rayrec.metrics import DEFAULT_KS, add_sums, metric_sums, target_ranks
+from rayrec.models.batch import Batch, eval_examples, to_tensors
 from rayrec.models.session_model import SessionModel
-from rayrec.train.data import eval_examples
 
 
-def model_metric_sums(model: SessionModel, items: np.ndarray, batch_size: int = 512, ks=DEFAULT_KS) -> dict:
-    inputs, targets = eval_examples(items)
-    sums = metric_sums(torch.zeros(0), ks)  # every key present even for an empty split
+def model_metric_sums(model: SessionModel, batch: Batch, batch_size: int = 512, ks=DEFAULT_KS) -> dict:
+    """Metric sums over a split's sessions; the inputs are cut before the target
+    (`eval_examples`) on every list column, then scored in batches."""
+    inputs, targets = eval_examples(batch, model.item_col, model.list_cols, model.cfg.eval_on)
+    sums = metric_sums(torch.zeros(0, dtype=torch.long), ks)  # every key present even for an empty split
     model.eval()
-    for i in range(0, len(inputs), batch_size):
-        x = torch.from_numpy(inputs[i:i + batch_size])
+    for i in range(0, len(targets), batch_size):
+        x = to_tensors({k: v[i:i + batch_size] for k, v in inputs.items()})
         y = torch.from_numpy(targets[i:i + batch_size])
         add_sums(sums, metric_sums(target_ranks(model.next_item_scores(x), y), ks))
     return sums
@@ -27,14 +29,17 @@ def item_counts(train_items: list[np.ndarray], n_items: int) -> np.ndarray:
     return counts
 
 
-def popularity_metric_sums(counts: np.ndarray, items: np.ndarray, first_item: int, ks=DEFAULT_KS) -> dict:
-    """Every session gets the same list: items by training frequency."""
-    _, targets = eval_examples(items)
+def popularity_metric_sums(counts: np.ndarray, items: np.ndarray, first_item: int, ks=DEFAULT_KS,
+                           on: str = "last") -> dict:
+    """Every session gets the same list: items by training frequency (ties at random)."""
+    _, targets = eval_examples({"item": items}, "item", ["item"], on)
     scores = counts.copy()
     scores[:first_item] = -1.0
     ordered = np.sort(scores)
-    ranks = len(ordered) - np.searchsorted(ordered, scores[targets], side="right")
-    return metric_sums(torch.from_numpy(ranks), ks)
+    above = len(ordered) - np.searchsorted(ordered, scores[targets], side="right")
+    ties = np.searchsorted(ordered, scores[targets], side="right") - \
+        np.searchsorted(ordered, scores[targets], side="left") - 1
+    return metric_sums((torch.from_numpy(above), torch.from_numpy(ties)), ks)
 
 
 def evaluate_run(run_dir: str, data_dir: str, days_spec: str | None = None, split: str = "test") -> dict:
@@ -46,7 +51,7 @@ def evaluate_run(run_dir: str, data_dir: str, days_spec: str | None = None, spli
     from rayrec.models.checkpoint import load_model
     from rayrec.schema import Schema
     from rayrec.train.config import parse_days
-    from rayrec.train.data import day_dirs, load_items, split_path
+    from rayrec.train.data import day_dirs, load_batch, load_items, split_path
 
     model = load_model(os.path.join(run_dir, "checkpoint"))
     item = Schema.load(data_dir).item_id_column()
@@ -66,9 +71,11 @@ def evaluate_run(run_dir: str, data_dir: str, days_spec: str | None = None, spli
                           for d in trained if d in available], model.n_items)
     rows = []
     for day in days:
-        items = load_items(split_path(data_dir, day, split), item.name, max_len)
-        rows.append({"day": day, "split": split, **finalize(model_metric_sums(model, items)),
-                     "popularity": finalize(popularity_metric_sums(counts, items, model.first_item))})
+        path = split_path(data_dir, day, split)
+        batch = load_batch(path, model.features, [h.target for h in model.cfg.heads], max_len)
+        rows.append({"day": day, "split": split, **finalize(model_metric_sums(model, batch)),
+                     "popularity": finalize(popularity_metric_sums(counts, batch[model.item_col], model.first_item,
+                                                                   on=model.cfg.eval_on))})
     return {"run": run_dir, "data": data_dir, "days": rows}
 
 

@@ -18,11 +18,13 @@ import torch
 import torch.distributed as dist
 
 from rayrec.metrics import finalize
-from rayrec.models.checkpoint import load_weights, save_model
+from rayrec.models.batch import Batch, take, to_tensors
+from rayrec.models.checkpoint import load_weights, new_model, save_model
 from rayrec.models.config import ModelConfig
+from rayrec.models.features import FeatureSpec
 from rayrec.models.session_model import SessionModel
 from rayrec.train.config import TrainConfig
-from rayrec.train.data import load_items, shard_rows, split_path
+from rayrec.train.data import load_batch, shard_rows, split_path
 from rayrec.train.evaluate import model_metric_sums
 
 PROGRESS = "progress.json"
@@ -35,7 +37,12 @@ def train_loop_per_worker(spec: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(tcfg.threads_per_worker)
     torch.manual_seed(tcfg.seed)
-    model = SessionModel(mcfg, spec["n_items"], spec["first_item"])
+    features = [FeatureSpec(**f) for f in spec["features"]]
+    model = new_model(mcfg, features)
+    targets = [h.target for h in mcfg.heads]
+
+    def load(day: int, split: str) -> Batch:
+        return load_batch(split_path(spec["data_dir"], day, split), features, targets, mcfg.max_len)
 
     history: list[dict] = []
     start = 0
@@ -53,12 +60,11 @@ def train_loop_per_worker(spec: dict) -> None:
         if step < start:
             continue
         torch.manual_seed(tcfg.seed * 1000 + train_day * 10 + rank)
-        train = train_one_day(model, tcfg, load_items(split_path(spec["data_dir"], train_day, "train"),
-                                                        spec["item_col"], mcfg.max_len), rank, world, train_day)
+        train = train_one_day(model, tcfg, load(train_day, "train"), rank, world, train_day)
         record = {"train_day": train_day, "eval_day": eval_day, **train}
         if eval_day is not None:
-            items = load_items(split_path(spec["data_dir"], eval_day, tcfg.eval_split), spec["item_col"], mcfg.max_len)
-            scores = finalize(all_reduce_sums(model_metric_sums(core, items[rank::world], tcfg.eval_batch_size)))
+            batch = take(load(eval_day, tcfg.eval_split), slice(rank, None, world))
+            scores = finalize(all_reduce_sums(model_metric_sums(core, batch, tcfg.eval_batch_size)))
             if scores["count"]:
                 record.update(scores)
             else:  # nothing to evaluate on that day: the record carries no metrics
@@ -67,26 +73,27 @@ def train_loop_per_worker(spec: dict) -> None:
         report(core, record, history, spec, rank)
 
 
-def train_one_day(model, tcfg: TrainConfig, items: np.ndarray, rank: int, world: int, day: int) -> dict:
+def train_one_day(model, tcfg: TrainConfig, data: Batch, rank: int, world: int, day: int) -> dict:
     """Epochs over this worker's shard with AdamW and a linear-decay schedule."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    per_epoch = -(-(len(items) // max(world, 1)) // tcfg.batch_size) if len(items) >= world else 0
+    n = len(next(iter(data.values())))
+    per_epoch = -(-(n // max(world, 1)) // tcfg.batch_size) if n >= world else 0
     total = max(1, per_epoch * tcfg.epochs)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / total))
     model.train()
     losses, seen, started = [], 0, time.perf_counter()
     for epoch in range(tcfg.epochs):
-        rows = shard_rows(len(items), rank, world, seed=tcfg.seed * 7919 + day * 101 + epoch)
+        rows = shard_rows(n, rank, world, seed=tcfg.seed * 7919 + day * 101 + epoch)
         for i in range(0, len(rows), tcfg.batch_size):
-            batch = torch.from_numpy(items[rows[i:i + tcfg.batch_size]])
+            batch = to_tensors(take(data, rows[i:i + tcfg.batch_size]))
             loss = model(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
             losses.append(loss.item())
-            seen += len(batch)
+            seen += len(rows[i:i + tcfg.batch_size])
     seconds = time.perf_counter() - started
     return {"train_loss": float(np.mean(losses[-max(1, len(losses) // 4):])) if losses else float("nan"),
             "first_loss": losses[0] if losses else float("nan"),

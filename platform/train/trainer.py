@@ -14,6 +14,7 @@ from dataclasses import asdict
 from rayrec.files import atomic_directory
 from rayrec.raylocal import init_ray
 from rayrec.models.config import ModelConfig
+from rayrec.models.features import resolve_features
 from rayrec.schema import Schema
 from rayrec.train.config import TrainConfig, parse_days
 from rayrec.train.data import day_dirs, load_items, split_path
@@ -42,6 +43,10 @@ def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: Tra
     item = schema.item_id_column()
     if item.cardinality is None:
         raise ValueError(f"schema column {item.name!r} has no domain: cannot size the item embeddings")
+    features = resolve_features(schema, model_cfg)  # bad feature names fail here, before Ray starts
+    for head in model_cfg.heads:
+        if head.target not in schema.names:
+            raise ValueError(f"model.heads: target column {head.target!r} is not in {data_dir}'s schema")
     days = plan_days(data_dir, train_cfg.train_days)
     for train_day, eval_day in days:  # fail before starting Ray if a file is missing
         split_path(data_dir, train_day, "train")
@@ -50,8 +55,7 @@ def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: Tra
 
     with atomic_directory(out, overwrite=overwrite) as tmp:
         spec = {"model": asdict(model_cfg), "train": asdict(train_cfg), "data_dir": data_dir,
-                "item_col": item.name, "n_items": item.cardinality, "days": days,
-                "first_item": int(item.properties.get("first_code", 1)),
+                "item_col": item.name, "features": [asdict(f) for f in features], "days": days,
                 "scratch": os.path.join(tmp, "scratch")}
         trainer = TorchTrainer(
             train_loop_per_worker, train_loop_config=spec,
@@ -76,8 +80,8 @@ def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: Tra
         for name in ("scratch", "ray"):
             shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
 
-        metrics = summarize(history, data_dir, item.name, item.cardinality, spec["first_item"], model_cfg.max_len,
-                            train_cfg)
+        metrics = summarize(history, data_dir, item.name, features[0].cardinality, features[0].first_code,
+                            model_cfg, train_cfg)
         metrics["config"] = {"model": asdict(model_cfg), "train": asdict(train_cfg), "data": data_dir}
         with open(os.path.join(tmp, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2)
@@ -87,16 +91,17 @@ def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: Tra
     return metrics
 
 
-def summarize(history: list[dict], data_dir: str, item_col: str, n_items: int, first_item: int, max_len: int,
-              tcfg: TrainConfig) -> dict:
+def summarize(history: list[dict], data_dir: str, item_col: str, n_items: int, first_item: int,
+              mcfg: ModelConfig, tcfg: TrainConfig) -> dict:
     """Attach the popularity baseline (counts of every day trained so far) and average."""
     seen = []
     for rec in history:
-        seen.append(load_items(split_path(data_dir, rec["train_day"], "train"), item_col, max_len))
+        seen.append(load_items(split_path(data_dir, rec["train_day"], "train"), item_col, mcfg.max_len))
         if rec.get("eval_day") is None:
             continue
-        items = load_items(split_path(data_dir, rec["eval_day"], tcfg.eval_split), item_col, max_len)
-        rec["popularity"] = finalize(popularity_metric_sums(item_counts(seen, n_items), items, first_item))
+        items = load_items(split_path(data_dir, rec["eval_day"], tcfg.eval_split), item_col, mcfg.max_len)
+        rec["popularity"] = finalize(popularity_metric_sums(item_counts(seen, n_items), items, first_item,
+                                                            on=mcfg.eval_on))
     evaluated = [r for r in history if r.get("eval_day") is not None]
     average = {k: sum(r[k] for r in evaluated) / len(evaluated) for k in REPORTED} if evaluated else {}
     pop_average = {k: sum(r["popularity"][k] for r in evaluated) / len(evaluated) for k in REPORTED} \

@@ -1,0 +1,159 @@
+"""Output heads: next-item prediction over the catalogue, and sequence-level binary /
+regression heads for multi-task training.
+
+The next-item head scores only real item codes (code >= first_item): padding, unknown
+and null codes are never a target nor a recommendation. Its full softmax builds
+[targets, catalogue] logits; the sampled softmax builds [targets, candidates] logits
+(in-batch targets and/or log-uniform negatives, with logQ correction), so catalogues of
+millions of items train in bounded memory. Top-k walks the catalogue in chunks.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rayrec.models.config import HeadConfig, ModelConfig
+
+NEG = float("-inf")
+
+
+class NextItemHead(nn.Module):
+    def __init__(self, cfg: ModelConfig, item_table: nn.Embedding, first_item: int):
+        super().__init__()
+        self.cfg, self.first = cfg, first_item
+        self.n_items, dim = item_table.weight.shape
+        self.item_table = item_table if cfg.tie_weights else None
+        self.weight = None if cfg.tie_weights else nn.Parameter(torch.randn(self.n_items, cfg.d_model) * 0.02)
+        width = dim if cfg.tie_weights else cfg.d_model
+        self.project = nn.Linear(cfg.d_model, width) if width != cfg.d_model else nn.Identity()
+        self.bias = nn.Parameter(torch.zeros(self.n_items))
+
+    def item_weight(self) -> torch.Tensor:
+        return self.item_table.weight if self.item_table is not None else self.weight
+
+    def scores(self, hidden: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Logits of codes [start, stop) for hidden states [N, d_model]."""
+        w, b = self.item_weight()[start:stop], self.bias[start:stop]
+        return F.linear(self.project(hidden), w, b) / self.cfg.temperature
+
+    def full_scores(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[N, n_items], -inf at codes below first_item."""
+        out = self.scores(hidden)
+        return out.index_fill(-1, torch.arange(self.first, device=out.device), NEG)
+
+    def loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.cfg.loss == "sampled":
+            logits, labels = self.sampled_logits(hidden, targets)
+        else:
+            logits, labels = self.scores(hidden, self.first), targets - self.first
+        return smoothed_cross_entropy(logits, labels, self.cfg.label_smoothing)
+
+    def sampled_logits(self, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Candidates: the batch's targets (row i's positive is column i) and/or K
+        log-uniform negatives. Accidental hits (a candidate equal to the row's target,
+        other than its positive) are removed; logQ subtracts each candidate's log
+        sampling probability so that frequent items are not over-penalised."""
+        cfg, n = self.cfg, len(targets)
+        h = self.project(hidden)
+        w, b = self.item_weight(), self.bias
+        cols, logq, labels = [], [], None
+        if cfg.sampled_in_batch:
+            _, inverse, counts = torch.unique(targets, return_inverse=True, return_counts=True)
+            cols.append(targets)
+            logq.append(torch.log(counts[inverse].double() / n).float())
+            labels = torch.arange(n, device=targets.device)
+        else:
+            pos = (h * w[targets]).sum(-1, keepdim=True) + b[targets, None]
+        if cfg.sampled_negatives:
+            negatives, q = log_uniform(cfg.sampled_negatives, self.n_items - self.first, targets.device)
+            cols.append(negatives + self.first)
+            logq.append(torch.log(q * cfg.sampled_negatives))
+        cand = torch.cat(cols)
+        logits = F.linear(h, w[cand], b[cand])
+        if cfg.sampled_logq:
+            logits = logits - torch.cat(logq)[None, :]
+        hit = cand[None, :] == targets[:, None]
+        if labels is not None:
+            hit[labels, labels] = False
+            logits = logits.masked_fill(hit, NEG)
+        else:
+            logits = torch.cat([pos, logits.masked_fill(hit, NEG)], 1)
+            labels = torch.zeros(n, dtype=torch.long, device=targets.device)
+        return logits / cfg.temperature, labels
+
+    def topk(self, hidden: torch.Tensor, k: int, exclude: torch.Tensor | None = None,
+             chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k (scores, codes) over codes >= first_item, chunk by chunk: memory is
+        [N, chunk], not [N, catalogue]. `exclude` [N, L] codes get -inf (0 = none)."""
+        k = min(k, self.n_items - self.first)
+        best_s = torch.full((hidden.shape[0], k), NEG, device=hidden.device)
+        best_i = torch.zeros((hidden.shape[0], k), dtype=torch.long, device=hidden.device)
+        for start in range(self.first, self.n_items, chunk):
+            stop = min(start + chunk, self.n_items)
+            s = self.scores(hidden, start, stop)
+            if exclude is not None:
+                s = drop_codes(s, exclude, start, stop)
+            s, i = torch.topk(torch.cat([best_s, s], 1), k, dim=1)
+            best_i = torch.cat([best_i, torch.arange(start, stop, device=s.device).expand(len(s), -1)], 1).gather(1, i)
+            best_s = s
+        return best_s, best_i
+
+
+def drop_codes(scores: torch.Tensor, codes: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """-inf at the given codes that fall in [start, stop); others go to a spill column."""
+    local = codes - start
+    inside = (local >= 0) & (local < stop - start) & (codes > 0)
+    local = torch.where(inside, local, torch.full_like(local, stop - start))
+    spill = torch.cat([scores, scores.new_zeros(len(scores), 1)], 1)
+    return spill.scatter(1, local, NEG)[:, :-1]
+
+
+def log_uniform(k: int, size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """k ranks in [0, size) from P(r) = log((r+2)/(r+1)) / log(size+1), and P of each.
+    Categorify numbers items by descending frequency, so this is a Zipf-like proposal."""
+    u = torch.rand(k, device=device, dtype=torch.float64)
+    r = (torch.exp(u * math.log(size + 1)) - 1).floor().long().clamp(max=size - 1)
+    p = torch.log((r + 2.0) / (r + 1.0)) / math.log(size + 1)
+    return r, p.float()
+
+
+def smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Cross-entropy whose smoothing mass goes to the finite (candidate) columns only."""
+    if not smoothing:
+        return F.cross_entropy(logits, labels)
+    logp = torch.log_softmax(logits, -1)
+    finite = torch.isfinite(logits)
+    nll = -logp.gather(1, labels[:, None]).squeeze(1)
+    uniform = -(logp.masked_fill(~finite, 0.0).sum(1) / finite.sum(1))
+    return ((1 - smoothing) * nll + smoothing * uniform).mean()
+
+
+def summarize(hidden: torch.Tensor, attend: torch.Tensor, how: str) -> torch.Tensor:
+    """One vector per sequence from [B, L, d] over its attended positions."""
+    if how == "mean":
+        w = attend.to(hidden.dtype)[..., None]
+        return (hidden * w).sum(1) / w.sum(1).clamp(min=1)
+    idx = torch.zeros(len(hidden), dtype=torch.long, device=hidden.device) if how == "first" \
+        else (attend.sum(1) - 1).clamp(min=0)
+    return hidden.gather(1, idx[:, None, None].expand(-1, 1, hidden.shape[-1])).squeeze(1)
+
+
+class SequenceHead(nn.Module):
+    """Binary classification (logit) or regression (value) of a whole session."""
+
+    def __init__(self, head: HeadConfig, d_model: int):
+        super().__init__()
+        self.head = head
+        self.out = nn.Sequential(nn.Linear(d_model, d_model), nn.ReLU(), nn.Linear(d_model, 1))
+
+    def forward(self, hidden: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
+        return self.out(summarize(hidden, attend, self.head.summary)).squeeze(-1)
+
+    def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target = target.to(prediction.dtype)
+        if self.head.task == "binary":
+            return F.binary_cross_entropy_with_logits(prediction, target)
+        return F.mse_loss(prediction, target)
