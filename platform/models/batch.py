@@ -116,9 +116,7 @@ def fit_to_length(batch: dict[str, torch.Tensor], item_col: str, list_cols: list
         t = batch[name]
         if t.shape[1] < max_len:
             t = F.pad(t, (0, max_len - t.shape[1]), value=0)
-        if bool((over > 0).any()):
-            idx = torch.arange(t.shape[1], device=t.device)[None, :] + over[:, None]
-            valid = idx < t.shape[1]
-            t = torch.where(valid, t.gather(1, idx.clamp(max=t.shape[1] - 1)), torch.zeros_like(t))
+        idx = torch.arange(t.shape[1], device=t.device)[None, :] + over[:, None]  # no branch: traceable
+        t = torch.where(idx < t.shape[1], t.gather(1, idx.clamp(max=t.shape[1] - 1)), torch.zeros_like(t))
         out[name] = t[:, :max_len]
     return out

@@ -89,17 +89,21 @@ class NextItemHead(nn.Module):
         """Top-k (scores, codes) over codes >= first_item, chunk by chunk: memory is
         [N, chunk], not [N, catalogue]. `exclude` [N, L] codes get -inf (0 = none)."""
         k = min(k, self.n_items - self.first)
-        best_s = torch.full((hidden.shape[0], k), NEG, device=hidden.device)
-        best_i = torch.zeros((hidden.shape[0], k), dtype=torch.long, device=hidden.device)
+        best_s = best_i = None
         for start in range(self.first, self.n_items, chunk):
             stop = min(start + chunk, self.n_items)
             s = self.scores(hidden, start, stop)
             if exclude is not None:
                 s = drop_codes(s, exclude, start, stop)
-            s, i = torch.topk(torch.cat([best_s, s], 1), k, dim=1)
-            best_i = torch.cat([best_i, torch.arange(start, stop, device=s.device).expand(len(s), -1)], 1).gather(1, i)
-            best_s = s
-        return best_s, best_i
+            ids = torch.arange(start, stop, device=s.device)[None, :].expand_as(s)
+            if best_s is not None:
+                s, ids = torch.cat([best_s, s], 1), torch.cat([best_i, ids], 1)
+            if s.shape[1] > k:  # keep only the best k so far
+                s, i = torch.topk(s, k, dim=1)
+                ids = ids.gather(1, i)
+            best_s, best_i = s, ids
+        s, i = torch.sort(best_s, dim=1, descending=True)
+        return s, best_i.gather(1, i)
 
 
 def drop_codes(scores: torch.Tensor, codes: torch.Tensor, start: int, stop: int) -> torch.Tensor:
@@ -107,7 +111,7 @@ def drop_codes(scores: torch.Tensor, codes: torch.Tensor, start: int, stop: int)
     local = codes - start
     inside = (local >= 0) & (local < stop - start) & (codes > 0)
     local = torch.where(inside, local, torch.full_like(local, stop - start))
-    spill = torch.cat([scores, scores.new_zeros(len(scores), 1)], 1)
+    spill = torch.cat([scores, torch.zeros_like(scores[:, :1])], 1)
     return spill.scatter(1, local, NEG)[:, :-1]
 
 
@@ -136,7 +140,7 @@ def summarize(hidden: torch.Tensor, attend: torch.Tensor, how: str) -> torch.Ten
     if how == "mean":
         w = attend.to(hidden.dtype)[..., None]
         return (hidden * w).sum(1) / w.sum(1).clamp(min=1)
-    idx = torch.zeros(len(hidden), dtype=torch.long, device=hidden.device) if how == "first" \
+    idx = torch.zeros_like(attend[:, 0], dtype=torch.long) if how == "first" \
         else (attend.sum(1) - 1).clamp(min=0)
     return hidden.gather(1, idx[:, None, None].expand(-1, 1, hidden.shape[-1])).squeeze(1)
 
