@@ -55,34 +55,40 @@ class NextItemHead(nn.Module):
         """Candidates: the batch's targets (row i's positive is column i) and/or K
         log-uniform negatives. Accidental hits (a candidate equal to the row's target,
         other than its positive) are removed; logQ subtracts each candidate's log
-        sampling probability so that frequent items are not over-penalised."""
+        sampling probability so that frequent items are not over-penalised.
+        The [targets, candidates] matrix is the step's largest tensor: it is written by one
+        matmul (bias, logQ and temperature folded in) and patched only at the hits."""
         cfg, n = self.cfg, len(targets)
-        h = self.project(hidden)
+        h = self.project(hidden) / cfg.temperature if cfg.temperature != 1 else self.project(hidden)
         w, b = self.item_weight(), self.bias
-        cols, logq, labels = [], [], None
+        cand, logq = [], []
         if cfg.sampled_in_batch:
             _, inverse, counts = torch.unique(targets, return_inverse=True, return_counts=True)
-            cols.append(targets)
-            logq.append(torch.log(counts[inverse].double() / n).float())
-            labels = torch.arange(n, device=targets.device)
-        else:
-            pos = (h * w[targets]).sum(-1, keepdim=True) + b[targets, None]
+            cand.append(targets)
+            logq.append(torch.log(counts[inverse].float() / n))
         if cfg.sampled_negatives:
             negatives, q = log_uniform(cfg.sampled_negatives, self.n_items - self.first, targets.device)
-            cols.append(negatives + self.first)
+            cand.append(negatives + self.first)
             logq.append(torch.log(q * cfg.sampled_negatives))
-        cand = torch.cat(cols)
-        logits = F.linear(h, w[cand], b[cand])
+        cand_ids, cand_logq = torch.cat(cand), torch.cat(logq)
+        bias = b[cand_ids] - cand_logq if cfg.sampled_logq else b[cand_ids]
+        logits = F.linear(h, w[cand_ids], bias / cfg.temperature)
+        rows, cols = equal_pairs(targets, cand_ids)
+        if cfg.sampled_in_batch:  # row i's own column i is its positive, not a hit
+            keep = rows != cols
+            rows, cols = rows[keep], cols[keep]
+        # Removed outside autograd: softmax gives a -inf logit zero probability and zero
+        # gradient, which is exactly the gradient of the masked loss, and autograd then
+        # needs no copy of this, the step's largest tensor.
+        logits.data.index_put_((rows, cols), torch.tensor(NEG))
+        if cfg.sampled_in_batch:
+            return logits, torch.arange(n, device=targets.device)
+        pos = (h * w[targets]).sum(-1, keepdim=True) + (b[targets, None] / cfg.temperature)
         if cfg.sampled_logq:
-            logits = logits - torch.cat(logq)[None, :]
-        hit = cand[None, :] == targets[:, None]
-        if labels is not None:
-            hit[labels, labels] = False
-            logits = logits.masked_fill(hit, NEG)
-        else:
-            logits = torch.cat([pos, logits.masked_fill(hit, NEG)], 1)
-            labels = torch.zeros(n, dtype=torch.long, device=targets.device)
-        return logits / cfg.temperature, labels
+            r = (targets - self.first).double()
+            pos = pos - torch.log(cfg.sampled_negatives * torch.log((r + 2) / (r + 1)) /
+                                  math.log(self.n_items - self.first + 1)).float()[:, None]
+        return torch.cat([pos, logits], 1), torch.zeros(n, dtype=torch.long, device=targets.device)
 
     def topk(self, hidden: torch.Tensor, k: int, exclude: torch.Tensor | None = None,
              chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,6 +110,16 @@ class NextItemHead(nn.Module):
             best_s, best_i = s, ids
         s, i = torch.sort(best_s, dim=1, descending=True)
         return s, best_i.gather(1, i)
+
+
+def equal_pairs(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All (i, j) with a[i] == b[j], found by sorting b (never an [len(a), len(b)] mask)."""
+    sorted_b, order = torch.sort(b)
+    lo = torch.searchsorted(sorted_b, a)
+    m = torch.searchsorted(sorted_b, a, right=True) - lo
+    rows = torch.repeat_interleave(torch.arange(len(a), device=a.device), m)
+    offsets = torch.arange(len(rows), device=a.device) - torch.repeat_interleave(torch.cumsum(m, 0) - m, m)
+    return rows, order[lo[rows] + offsets]
 
 
 def drop_codes(scores: torch.Tensor, codes: torch.Tensor, start: int, stop: int) -> torch.Tensor:
