@@ -143,12 +143,20 @@ def test_custom_op_and_function_from_a_plugin_are_saved_by_name(events, tmp_path
         Workflow.load(str(tmp_path / "wf"))
 
 
-def test_rees46_example_runs_through_the_cli_and_trains(synth_dir, tmp_path):
+@pytest.fixture(scope="module")
+def rees46_dir(synth_dir, tmp_path_factory):
     from rayrec.cli import main
 
-    data, run = tmp_path / "rees46", tmp_path / "run"
+    data = tmp_path_factory.mktemp("rees46") / "data"
     assert main(["etl", "--config", REES46, "--input", os.path.join(synth_dir, "events.parquet"),
                  "--out", str(data)]) == 0
+    return data
+
+
+def test_rees46_example_runs_through_the_cli_and_trains(rees46_dir, tmp_path):
+    from rayrec.cli import main
+
+    data, run = rees46_dir, tmp_path / "run"
     schema = Schema.load(str(data))
     item = schema.item_id_column()
     assert item.name == "product_id-list_seq" and item.value_count_max == 20 and item.properties["first_code"] == 3
@@ -163,6 +171,25 @@ def test_rees46_example_runs_through_the_cli_and_trains(synth_dir, tmp_path):
                  "--train-days", "1:2"]) == 0
     metrics = json.load(open(run / "metrics.json"))
     assert metrics["average"]["recall@20"] > metrics["popularity_average"]["recall@20"]
+
+
+@pytest.mark.parametrize("example", ["gru-clm", "xlnet-mlm", "xlnet-mlm-side", "gpt2-clm"])
+def test_tutorial_model_examples_train_on_rees46_output(rees46_dir, tmp_path, example):
+    """The reference tutorials' models, as configs, train on the REES46 pipeline's output."""
+    from rayrec.cli import main
+
+    config = os.path.join(os.path.dirname(REES46), f"{example}.yaml")
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(rees46_dir), "--out", str(run), "--config", config, "--workers", "0",
+                 "--epochs", "2", "--train-days", "1:1"]) == 0
+    metrics = json.load(open(run / "metrics.json"))
+    day = metrics["days"][0]
+    assert day["train_loss"] < day["first_loss"] and day["recall@20"] > 0
+    model = json.load(open(run / "checkpoint" / "model.json"))
+    names = [f["name"] for f in model["features"]]
+    assert names[0] == "product_id-list_seq"
+    if example == "xlnet-mlm-side":
+        assert len(names) == 8 and model["model"]["continuous"] == "soft_onehot"
 
 
 def test_data_prepared_by_nvtabular_builds_and_trains_a_model(tmp_path):
