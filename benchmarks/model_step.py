@@ -36,6 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER = os.path.join(ROOT, "..", "shared", "peers", "t4r")
 ITEMS, CATS, MAX_LEN, BATCH = 20_000, 200, 20, 256
 CONFIGS = {"small": 64, "large": 192}
+DROPOUT = float(os.environ.get("DROPOUT", "0.1"))
 
 
 def machine_rates(threads: int) -> tuple[float, float]:
@@ -73,7 +74,7 @@ def build(d_model: int):
     from rayrec.models.features import FeatureSpec
     from rayrec.models.session_model import SessionModel
 
-    cfg = ModelConfig(arch="xlnet", masking="mlm", d_model=d_model, n_layer=2, n_head=4, max_len=MAX_LEN,
+    cfg = ModelConfig(arch="xlnet", masking="mlm", d_model=d_model, dropout=DROPOUT, n_layer=2, n_head=4, max_len=MAX_LEN,
                       mlm_probability=0.15, features=["category", "price"], embedding_dim=64,
                       aggregation="concat", continuous="projection", continuous_projection=[d_model])
     features = [FeatureSpec("item", "categorical", True, ITEMS, "item", 64, 2),
@@ -171,8 +172,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--t4r", action="store_true", help="also train Transformers4Rec on the same sessions")
+    p.add_argument("--system-malloc", action="store_true", help="leave glibc's defaults (no keep_freed_memory)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    if not a.system_malloc:
+        from rayrec.train.allocator import keep_freed_memory
+        keep_freed_memory()
     flops_rate, bandwidth = machine_rates(a.threads)
     print(f"machine: matmul {flops_rate / 1e9:.1f} GFLOP/s, copy bandwidth {bandwidth / 1e9:.1f} GB/s "
           f"on {a.threads} threads")

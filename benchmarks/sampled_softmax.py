@@ -36,8 +36,12 @@ def main() -> None:
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--negatives", type=int, default=8192)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--system-malloc", action="store_true", help="leave glibc's defaults (no keep_freed_memory)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    if not a.system_malloc:
+        from rayrec.train.allocator import keep_freed_memory
+        keep_freed_memory()
     torch.manual_seed(0)
 
     from rayrec.models.config import ModelConfig

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from rayrec.models.config import ModelConfig
+from rayrec.models.dropout import use_fast_dropout
 
 CAUSAL_NATIVE, CAUSAL_DECODER, CAUSAL_MASK4D, CAUSAL_PERM = "native", "is_decoder", "mask4d", "perm_mask"
 
@@ -101,7 +102,7 @@ def build_body(cfg: ModelConfig) -> nn.Module:
     if cfg.is_rnn:
         body: nn.Module = RNNBody(cfg)
     else:
-        body = _build_hf(cfg)
+        body = use_fast_dropout(_build_hf(cfg))
     freeze_unused(body, cfg)
     return body
 

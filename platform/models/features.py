@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from rayrec.models.config import ModelConfig
+from rayrec.models.dropout import FastDropout
 from rayrec.schema import CATEGORICAL, CONTINUOUS, ITEM_ID, Schema
 
 PAD = 0
@@ -149,7 +150,7 @@ class FeatureEmbedding(nn.Module):
             width = sum_dim
         self.out = nn.Linear(width, cfg.d_model) if width != cfg.d_model else nn.Identity()
         self.norm = nn.LayerNorm(cfg.d_model) if cfg.layer_norm else nn.Identity()
-        self.drop = nn.Dropout(cfg.dropout if cfg.input_dropout is None else cfg.input_dropout)
+        self.drop = FastDropout(cfg.dropout if cfg.input_dropout is None else cfg.input_dropout)
 
     def table(self, spec: FeatureSpec) -> nn.Embedding:
         return self.tables[spec.table]

@@ -23,6 +23,7 @@ from rayrec.models.checkpoint import load_weights, new_model, save_model
 from rayrec.models.config import ModelConfig
 from rayrec.models.features import FeatureSpec
 from rayrec.models.session_model import SessionModel
+from rayrec.train.allocator import keep_freed_memory
 from rayrec.train.config import TrainConfig
 from rayrec.train.data import load_batch, shard_rows, split_path
 from rayrec.train.evaluate import model_metric_sums
@@ -36,6 +37,7 @@ def train_loop_per_worker(spec: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(tcfg.threads_per_worker)
+    keep_freed_memory()
     torch.manual_seed(tcfg.seed)
     features = [FeatureSpec(**f) for f in spec["features"]]
     model = new_model(mcfg, features)

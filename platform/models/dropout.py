@@ -1,0 +1,44 @@
+"""Dropout whose mask costs less on CPU.
+
+torch's CPU dropout draws one Bernoulli sample per element, which on the reference
+config took about a fifth of a training step (benchmarks/model_step.py). This draws one
+64-bit random integer per four elements and compares 16-bit slices of it with a
+threshold: the keep probability is exact to 1/65536. On CUDA, torch's own dropout
+(already cheap there) is used.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def keep_mask(shape: torch.Size, p: float, device) -> torch.Tensor:
+    n = shape.numel()
+    bits = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=device)
+    threshold = -32768 + round(p * 65536)
+    return (bits.view(torch.int16)[:n] >= threshold).view(shape)
+
+
+class FastDropout(nn.Module):
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, True)
+        scale = torch.tensor(1 / (1 - self.p), dtype=x.dtype)
+        return x * keep_mask(x.shape, self.p, x.device).to(x.dtype).mul_(scale)
+
+
+def use_fast_dropout(module: nn.Module) -> nn.Module:
+    """Swap every nn.Dropout inside `module` (e.g. an HF model) for FastDropout."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.Dropout):
+            setattr(module, name, FastDropout(child.p))
+        else:
+            use_fast_dropout(child)
+    return module
