@@ -36,7 +36,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER = os.path.join(ROOT, "..", "shared", "peers", "t4r")
 ITEMS, CATS, MAX_LEN, BATCH = 20_000, 200, 20, 256
 CONFIGS = {"small": 64, "large": 192}
-DROPOUT = float(os.environ.get("DROPOUT", "0.1"))
 
 
 def machine_rates(threads: int) -> tuple[float, float]:
@@ -69,12 +68,12 @@ def sessions(n: int, seed: int) -> dict[str, np.ndarray]:
             "price": np.where(real, np.log1p(items) / 10, 0).astype(np.float32), "lengths": lengths}
 
 
-def build(d_model: int):
+def build(d_model: int, dropout: float):
     from rayrec.models.config import ModelConfig
     from rayrec.models.features import FeatureSpec
     from rayrec.models.session_model import SessionModel
 
-    cfg = ModelConfig(arch="xlnet", masking="mlm", d_model=d_model, dropout=DROPOUT, n_layer=2, n_head=4, max_len=MAX_LEN,
+    cfg = ModelConfig(arch="xlnet", masking="mlm", d_model=d_model, dropout=dropout, n_layer=2, n_head=4, max_len=MAX_LEN,
                       mlm_probability=0.15, features=["category", "price"], embedding_dim=64,
                       aggregation="concat", continuous="projection", continuous_projection=[d_model])
     features = [FeatureSpec("item", "categorical", True, ITEMS, "item", 64, 2),
@@ -89,11 +88,11 @@ def batches(data: dict, steps: int):
         yield {k: torch.from_numpy(data[k][rows][:BATCH]) for k in ("item", "category", "price")}
 
 
-def measure(d_model: int, steps: int, data: dict) -> dict:
+def measure(d_model: int, dropout: float, steps: int, data: dict) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.manual_seed(0)
-    model = build(d_model).train()
+    model = build(d_model, dropout).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, fused=True)
 
     def step(batch):
@@ -127,10 +126,16 @@ def measure(d_model: int, steps: int, data: dict) -> dict:
 
 def where_time_goes(prof) -> dict[str, float]:
     groups = {"matmul": ("mm", "addmm", "bmm", "matmul", "linear", "einsum", "baddbmm"),
-              "softmax": ("_log_softmax", "_log_softmax_backward_data", "_softmax", "_softmax_backward_data"),
+              "logits softmax": ("logsumexp", "_log_softmax", "_log_softmax_backward_data", "_softmax",
+                                 "_softmax_backward_data"),
+              "copies": ("copy_", "clone", "contiguous", "cat", "fill_", "zero_"),
+              "dropout rng": ("random_", "bernoulli_", "uniform_"),
+              "elementwise": ("mul", "mul_", "add", "add_", "sub", "sub_", "div", "div_", "exp", "exp_", "gelu",
+                              "gelu_backward", "where", "ge", "sum", "amax", "tanh", "neg", "masked_fill",
+                              "masked_fill_", "relu", "threshold_backward", "sigmoid", "pow", "sqrt", "rsqrt"),
               "optimizer": ("_fused_adamw", "_fused_adamw_", "adamw"),
-              "embedding": ("embedding", "embedding_dense_backward", "embedding_backward", "index_select",
-                            "index", "index_put_", "_index_put_impl_"),
+              "embedding/index": ("embedding", "embedding_dense_backward", "embedding_backward", "index_select",
+                                  "index", "index_put_", "_index_put_impl_", "gather", "scatter_add_", "scatter"),
               "layer_norm": ("native_layer_norm", "native_layer_norm_backward")}
     totals: dict[str, float] = defaultdict(float)
     for e in prof.key_averages():
@@ -142,6 +147,7 @@ def where_time_goes(prof) -> dict[str, float]:
 
 
 def t4r(d_model: int, data: dict, valid: dict, threads: int, work: str) -> dict | None:
+    """T4R's own run: its XLNetConfig.build defaults (dropout 0.3), mlm_probability 0.15."""
     if not os.path.isdir(PEER):
         return None
     python = subprocess.run(["bash", os.path.join(PEER, "setup.sh")], capture_output=True, text=True,
@@ -171,6 +177,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--dropout", type=float, default=0.3, help="0.3: Transformers4Rec's XLNet default")
     p.add_argument("--t4r", action="store_true", help="also train Transformers4Rec on the same sessions")
     p.add_argument("--system-malloc", action="store_true", help="leave glibc's defaults (no keep_freed_memory)")
     a = p.parse_args()
@@ -179,13 +186,13 @@ def main() -> None:
         from rayrec.train.allocator import keep_freed_memory
         keep_freed_memory()
     flops_rate, bandwidth = machine_rates(a.threads)
-    print(f"machine: matmul {flops_rate / 1e9:.1f} GFLOP/s, copy bandwidth {bandwidth / 1e9:.1f} GB/s "
+    print(f"dropout {a.dropout}; machine: matmul {flops_rate / 1e9:.1f} GFLOP/s, copy bandwidth {bandwidth / 1e9:.1f} GB/s "
           f"on {a.threads} threads")
     data = sessions(BATCH * max(a.steps, 40), seed=0)
     valid = sessions(2048, seed=1)
     rows = []
     for name in a.configs:
-        r = measure(CONFIGS[name], a.steps, data)
+        r = measure(CONFIGS[name], a.dropout, a.steps, data)
         compute = r["flops"] / flops_rate
         logits = 8 * r["logit_rows"] * ITEMS * 4 / bandwidth
         r.update(name=name, floor=compute + logits, floor_compute=compute, floor_logits=logits)
