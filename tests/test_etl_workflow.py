@@ -174,7 +174,7 @@ def test_rees46_example_runs_through_the_cli_and_trains(rees46_dir, tmp_path):
 
 
 @pytest.mark.parametrize("example", ["gru-clm", "xlnet-mlm", "xlnet-mlm-side", "gpt2-clm"])
-def test_tutorial_model_examples_train_on_rees46_output(rees46_dir, tmp_path, example):
+def test_tutorial_model_examples_train_on_rees46_output(rees46_dir, synth_dir, tmp_path, example):
     """The reference tutorials' models, as configs, train on the REES46 pipeline's output."""
     from rayrec.cli import main
 
@@ -190,6 +190,17 @@ def test_tutorial_model_examples_train_on_rees46_output(rees46_dir, tmp_path, ex
     assert names[0] == "product_id-list_seq"
     if example == "xlnet-mlm-side":
         assert len(names) == 8 and model["model"]["continuous"] == "soft_onehot"
+        # the online path feeds every side feature from raw events: top-k from a live session
+        from rayrec.serve.predictor import Recommender
+
+        rec = Recommender(str(run))
+        raw = pq.read_table(os.path.join(synth_dir, "events.parquet")).slice(0, 2000).to_pandas()
+        session = raw[raw.user_session == raw.user_session.dropna().iloc[0]].head(6)
+        events = session.astype(object).where(session.notna(), None).to_dict("records")
+        items, scores = rec.recommend(events, 5)
+        seen_items, _ = rec.recommend(events, 5, exclude_seen=True)
+        assert len(items) == 5 and scores == sorted(scores, reverse=True)
+        assert not set(seen_items) & set(session.product_id)
 
 
 def test_data_prepared_by_nvtabular_builds_and_trains_a_model(tmp_path):
