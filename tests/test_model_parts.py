@@ -28,6 +28,13 @@ def test_aggregations_and_continuous_encodings_train(aggregation, continuous):
     assert not [n for n, p in m.named_parameters() if p.requires_grad and p.grad is None]
 
 
+def test_input_mlp_block_trains():
+    m = model(features=["category", "price"], input_mlp=[48, 40])
+    assert [type(x).__name__ for x in m.inputs.out] == ["Sequential", "ReLU", "Linear"]
+    first, last = train(m, steps=30, lr=1e-2)
+    assert last < 0.5 * first
+
+
 def test_features_follow_the_schema():
     specs = resolve_features(schema(), ModelConfig(features=["category", "price", "prev_item", "segment"],
                                                    infer_embedding_dims=True, embedding_dims={"category": 24}))

@@ -74,6 +74,7 @@ class ModelConfig:
     soft_onehot_buckets: int = 20
     soft_onehot_dim: int | None = None  # default: the categorical embedding dim
     aggregation: str = "concat"        # concat | elementwise-sum | elementwise-sum-item-multi
+    input_mlp: list[int] = field(default_factory=list)  # hidden sizes of an MLP from features to d_model
     layer_norm: bool = True
     input_dropout: float | None = None  # default: dropout
     swap_noise: float = 0.0            # training: probability that an id is replaced by one from the batch

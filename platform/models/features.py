@@ -148,7 +148,11 @@ class FeatureEmbedding(nn.Module):
             width = sum(s.dim for s in self.categorical) + cont_width
         else:
             width = sum_dim
-        self.out = nn.Linear(width, cfg.d_model) if width != cfg.d_model else nn.Identity()
+        if cfg.input_mlp:  # an MLP block between the aggregated features and the body
+            self.out = nn.Sequential(mlp([width, *cfg.input_mlp], cfg.dropout), nn.ReLU(),
+                                     nn.Linear(cfg.input_mlp[-1], cfg.d_model))
+        else:
+            self.out = nn.Linear(width, cfg.d_model) if width != cfg.d_model else nn.Identity()
         self.norm = nn.LayerNorm(cfg.d_model) if cfg.layer_norm else nn.Identity()
         self.drop = FastDropout(cfg.dropout if cfg.input_dropout is None else cfg.input_dropout)
 
