@@ -86,10 +86,23 @@ def train_configs(a):
 
 
 def cmd_train(a) -> None:
-    from rayrec.train.trainer import format_table, run_training
+    from rayrec.train.trainer import format_table, resume_configs, run_training
 
-    model, train = train_configs(a)
-    metrics = run_training(a.data, a.out, model, train, address=a.address, overwrite=a.overwrite)
+    if a.resume:  # the run's own configs and data, unless flags or --config say otherwise
+        model, train, data = resume_configs(a.resume)
+        if a.config:
+            model, train = train_configs(a)
+        a.data = a.data or data
+        from rayrec.config_io import override
+        model = override(model, arch=a.arch, masking=a.masking, d_model=a.d_model, n_layer=a.n_layer,
+                         n_head=a.n_head, max_len=a.max_len)
+        train = override(train, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, workers=a.workers,
+                         train_days=a.train_days, seed=a.seed)
+    else:
+        if not a.data:
+            raise ValueError("--data is required (or --resume RUN)")
+        model, train = train_configs(a)
+    metrics = run_training(a.data, a.out, model, train, address=a.address, overwrite=a.overwrite, resume=a.resume)
     print(format_table(metrics))
     print(f"run written to {a.out} (checkpoint/, metrics.json)")
 
@@ -156,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Day-by-day training on Ray Train. Every model option (features, "
                        "embeddings, aggregation, masking, heads, sampled softmax...) is a key of the "
                        "config's model: section, listed with examples in docs/model-config.md.")
-    t.add_argument("--data", required=True, help="output directory of rayrec etl")
+    t.add_argument("--data", help="output directory of rayrec etl (default with --resume: the run's)")
     t.add_argument("--out", required=True, help="run directory to write")
     _add_config(t)
     t.add_argument("--arch", help="body: xlnet gpt2 bert roberta albert electra longformer reformer llama "
@@ -174,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--address", help="Ray cluster to join (default RAY_ADDRESS, else a local cluster)")
     t.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    t.add_argument("--resume", metavar="RUN", help="continue RUN (its configs, data and checkpoint) over the "
+                   "days it has not trained yet; --train-days may extend them")
     t.set_defaults(func=cmd_train)
 
     v = sub.add_parser("evaluate", help="Recall/NDCG@10,20 of a saved run next to most-popular")

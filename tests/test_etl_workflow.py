@@ -1,5 +1,6 @@
 """The fitted workflow as an artifact: YAML, save/load, online == batch, custom ops, and
 the REES46 example end to end through `rayrec etl` and `rayrec train`."""
+import csv
 import json
 import os
 import sys
@@ -171,6 +172,10 @@ def test_rees46_example_runs_through_the_cli_and_trains(rees46_dir, tmp_path):
                  "--train-days", "1:2"]) == 0
     metrics = json.load(open(run / "metrics.json"))
     assert metrics["average"]["recall@20"] > metrics["popularity_average"]["recall@20"]
+    rows = list(csv.DictReader(open(run / "metrics.csv")))  # one row per day, then the mean
+    assert [r["train_day"] for r in rows] == ["1", "2", "mean"]
+    assert float(rows[-1]["recall@20"]) == pytest.approx(metrics["average"]["recall@20"])
+    assert open(run / "metrics.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("example", ["gru-clm", "xlnet-mlm", "xlnet-mlm-side", "gpt2-clm"])

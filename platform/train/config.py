@@ -17,10 +17,17 @@ class TrainConfig:
     eval_split: str = "valid"      # split of day t+1 evaluated after training on day t
     max_failures: int = 0          # worker-group restarts from the last checkpoint
     eval_batch_size: int = 512
+    use_gpu: bool = False          # one GPU per worker, DDP over NCCL (gloo on CPU)
+    placement: str = "pack"        # pack: fill a node first | spread: one worker per node where possible
+    keep_checkpoints: int = 2      # checkpoints kept in the Ray run (the latest is always kept)
 
     def __post_init__(self):
         if self.workers < 0:
             raise ValueError("train.workers must be >= 0")
+        if self.placement not in ("pack", "spread"):
+            raise ValueError(f"train.placement must be pack or spread; got {self.placement!r}")
+        if self.keep_checkpoints < 1:
+            raise ValueError("train.keep_checkpoints must be >= 1")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("train.epochs and train.batch_size must be >= 1")
 

@@ -7,6 +7,7 @@ from the last reported checkpoint at the next day.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -48,13 +49,18 @@ def train_loop_per_worker(spec: dict) -> None:
 
     history: list[dict] = []
     start = 0
-    checkpoint = ray.train.get_checkpoint()
+    attempt = 0  # worker-group restarts so far, recorded with each day
+    checkpoint = ray.train.get_checkpoint()  # after a failure: the group's last checkpoint
     if checkpoint:
         with checkpoint.as_directory() as d:
-            load_weights(model, d)
-            with open(os.path.join(d, PROGRESS)) as f:
-                history = json.load(f)["history"]
-        start = len(history)
+            history = restore(model, d)
+        attempt = max((r.get("attempt", 0) for r in history), default=0) + 1
+    elif spec.get("resume_from"):  # `rayrec train --resume RUN`: that run's final checkpoint
+        history = restore(model, spec["resume_from"])
+    start = len(history)
+    trained, planned = [r["train_day"] for r in history], [d[0] for d in spec["days"]]
+    if planned[:start] != trained:
+        raise ValueError(f"the checkpoint has trained days {trained}, which do not begin the planned days {planned}")
     model = ray.train.torch.prepare_model(model) if world > 1 else model
     core: SessionModel = model.module if hasattr(model, "module") else model
 
@@ -63,7 +69,7 @@ def train_loop_per_worker(spec: dict) -> None:
             continue
         torch.manual_seed(tcfg.seed * 1000 + train_day * 10 + rank)
         train = train_one_day(model, tcfg, load(train_day, "train"), rank, world, train_day)
-        record = {"train_day": train_day, "eval_day": eval_day, **train}
+        record = {"train_day": train_day, "eval_day": eval_day, "attempt": attempt, **train}
         if eval_day is not None:
             batch = take(load(eval_day, tcfg.eval_split), slice(rank, None, world))
             scores = finalize(all_reduce_sums(model_metric_sums(core, batch, tcfg.eval_batch_size)))
@@ -71,8 +77,17 @@ def train_loop_per_worker(spec: dict) -> None:
                 record.update(scores)
             else:  # nothing to evaluate on that day: the record carries no metrics
                 record["eval_day"] = None
+        if world > 1:
+            record.update(replica_check(core))
         history.append(record)
         report(core, record, history, spec, rank)
+
+
+def restore(model: torch.nn.Module, directory: str) -> list[dict]:
+    """Weights and the per-day history from a checkpoint directory."""
+    load_weights(model, directory)
+    with open(os.path.join(directory, PROGRESS)) as f:
+        return json.load(f)["history"]
 
 
 def train_one_day(model, tcfg: TrainConfig, data: Batch, rank: int, world: int, day: int) -> dict:
@@ -102,6 +117,21 @@ def train_one_day(model, tcfg: TrainConfig, data: Batch, rank: int, world: int, 
             "first_loss": losses[0] if losses else float("nan"),
             "train_sequences": seen * world, "train_seconds": round(seconds, 3),
             "sequences_per_s": round(seen * world / seconds, 1) if seconds > 0 else 0.0}
+
+
+def replica_check(model: torch.nn.Module) -> dict:
+    """DDP keeps every rank's weights bit-identical; check it (a digest per rank,
+    gathered) and count the nodes the ranks ran on."""
+    digest = hashlib.sha256()
+    for p in model.parameters():
+        digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+    node = ray.get_runtime_context().get_node_id()
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (digest.hexdigest(), node))
+    in_sync = len({d for d, _ in gathered}) == 1
+    if not in_sync:
+        print(f"[rayrec] WARNING: model replicas differ across ranks: {[d[:12] for d, _ in gathered]}", flush=True)
+    return {"replicas_in_sync": int(in_sync), "nodes": len({n for _, n in gathered})}
 
 
 def all_reduce_sums(sums: dict[str, float]) -> dict[str, float]:

@@ -6,6 +6,7 @@ fitted workflow, so that serving needs the run directory alone.
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -20,8 +21,9 @@ from rayrec.train.config import TrainConfig, parse_days
 from rayrec.train.data import day_dirs, load_items, split_path
 from rayrec.train.evaluate import item_counts, popularity_metric_sums
 from rayrec.metrics import finalize
+from rayrec.plot import plot_days
 
-REPORTED = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@20")
+REPORTED = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@20", "map@20", "precision@20")
 
 
 def plan_days(data_dir: str, spec: str | None) -> list[tuple[int, int | None]]:
@@ -31,9 +33,12 @@ def plan_days(data_dir: str, spec: str | None) -> list[tuple[int, int | None]]:
 
 
 def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
-                 address: str | None = None, overwrite: bool = False) -> dict:
+                 address: str | None = None, overwrite: bool = False, resume: str | None = None) -> dict:
+    """Train day by day into the run directory `out`. With `resume` (a finished or
+    stopped run's directory) training continues from that run's checkpoint: the days it
+    trained are kept, the remaining planned days are trained."""
     from ray import LoggingConfig
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from rayrec.train.loop import PROGRESS, train_loop_per_worker
@@ -56,15 +61,15 @@ def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: Tra
     with atomic_directory(out, overwrite=overwrite) as tmp:
         spec = {"model": asdict(model_cfg), "train": asdict(train_cfg), "data_dir": data_dir,
                 "item_col": item.name, "features": [asdict(f) for f in features], "days": days,
-                "scratch": os.path.join(tmp, "scratch")}
+                "scratch": os.path.join(tmp, "scratch"),
+                "resume_from": os.path.join(os.path.abspath(resume), "checkpoint") if resume else None}
         trainer = TorchTrainer(
             train_loop_per_worker, train_loop_config=spec,
-            scaling_config=ScalingConfig(num_workers=train_cfg.workers, use_gpu=False,
-                                         resources_per_worker={"CPU": train_cfg.threads_per_worker}),
-            torch_config=TorchConfig(backend="gloo"),
+            scaling_config=scaling(train_cfg),
+            torch_config=TorchConfig(backend="nccl" if train_cfg.use_gpu else "gloo"),
             run_config=RunConfig(name="rayrec-train", storage_path=os.path.join(tmp, "ray"),
                                  failure_config=FailureConfig(max_failures=train_cfg.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=2),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=train_cfg.keep_checkpoints),
                                  logging_config=LoggingConfig(log_level="WARNING")),
         )
         if train_cfg.workers > 0:
@@ -85,10 +90,31 @@ def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: Tra
         metrics["config"] = {"model": asdict(model_cfg), "train": asdict(train_cfg), "data": data_dir}
         with open(os.path.join(tmp, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2)
+        write_csv(metrics, os.path.join(tmp, "metrics.csv"))
+        if metrics["average"]:
+            plot_days(metrics, os.path.join(tmp, "metrics.png"))
         schema.save(tmp)
         if os.path.isdir(os.path.join(data_dir, "workflow")):
             shutil.copytree(os.path.join(data_dir, "workflow"), os.path.join(tmp, "workflow"))
     return metrics
+
+
+def resume_configs(run_dir: str) -> tuple[ModelConfig, TrainConfig, str]:
+    """A run's model and train configs and data directory, from its metrics.json."""
+    path = os.path.join(run_dir, "metrics.json")
+    if not os.path.exists(os.path.join(run_dir, "checkpoint", "model.json")) or not os.path.exists(path):
+        raise FileNotFoundError(f"{run_dir}: not a rayrec run directory (no checkpoint/ or metrics.json)")
+    with open(path) as f:
+        config = json.load(f)["config"]
+    return ModelConfig(**config["model"]), TrainConfig(**config["train"]), config["data"]
+
+
+def scaling(tcfg: TrainConfig):
+    from ray.train import ScalingConfig
+
+    resources = {"CPU": tcfg.threads_per_worker} | ({"GPU": 1} if tcfg.use_gpu else {})
+    return ScalingConfig(num_workers=tcfg.workers, use_gpu=tcfg.use_gpu, resources_per_worker=resources,
+                         placement_strategy="SPREAD" if tcfg.placement == "spread" else "PACK")
 
 
 def summarize(history: list[dict], data_dir: str, item_col: str, n_items: int, first_item: int,
@@ -108,6 +134,29 @@ def summarize(history: list[dict], data_dir: str, item_col: str, n_items: int, f
         if evaluated else {}
     return {"days": history, "average": average, "popularity_average": pop_average,
             "train_days": [r["train_day"] for r in history]}
+
+
+CSV_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@20", "map@20", "precision@20")
+
+
+def write_csv(metrics: dict, path: str) -> None:
+    """One row per trained day (window), the model next to most-popular, then the mean."""
+    head = ["train_day", "eval_day", "attempt", "train_loss", "first_loss", "train_sequences", "sequences_per_s",
+            *CSV_METRICS, "popularity_recall@20", "popularity_ndcg@20"]
+    rows = []
+    for r in metrics["days"]:
+        pop = r.get("popularity", {})
+        rows.append([r.get("train_day"), r.get("eval_day"), r.get("attempt", 0), r.get("train_loss"),
+                     r.get("first_loss"), r.get("train_sequences"), r.get("sequences_per_s"),
+                     *[r.get(k) for k in CSV_METRICS], pop.get("recall@20"), pop.get("ndcg@20")])
+    if metrics["average"]:
+        a, p = metrics["average"], metrics["popularity_average"]
+        rows.append(["mean", "", "", "", "", "", "", *[a.get(k) for k in CSV_METRICS], p.get("recall@20"),
+                     p.get("ndcg@20")])
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(head)
+        w.writerows([["" if v is None else v for v in row] for row in rows])
 
 
 def format_table(metrics: dict, ceiling: dict | None = None) -> str:
