@@ -182,6 +182,8 @@ class LogitsCrossEntropy(torch.autograd.Function):
 
 def smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
     """Cross-entropy whose smoothing mass goes to the finite (candidate) columns only."""
+    if logits.dtype != torch.float32:  # autocast: the softmax statistics in fp32
+        logits = logits.float()
     if logits.requires_grad and logits.grad_fn is not None:
         return LogitsCrossEntropy.apply(logits, labels, smoothing)
     logp = torch.log_softmax(logits, -1)

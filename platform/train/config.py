@@ -20,6 +20,12 @@ class TrainConfig:
     use_gpu: bool = False          # one GPU per worker, DDP over NCCL (gloo on CPU)
     placement: str = "pack"        # pack: fill a node first | spread: one worker per node where possible
     keep_checkpoints: int = 2      # checkpoints kept in the Ray run (the latest is always kept)
+    schedule: str = "linear"       # linear (decay to 0) | cosine | constant, each after `warmup`
+    warmup: float = 0.0            # fraction of a window's optimizer steps spent warming up linearly
+    cosine_cycles_per_epoch: float | None = None  # cosine: None = half a cycle over the window
+    grad_clip: float = 0.0         # max global gradient norm (0: no clipping)
+    grad_accum: int = 1            # micro-batches per optimizer step
+    precision: str = "fp32"        # fp32 | bf16 (autocast, CPU or GPU) | fp16 (GPU, with a grad scaler)
 
     def __post_init__(self):
         if self.workers < 0:
@@ -28,6 +34,14 @@ class TrainConfig:
             raise ValueError(f"train.placement must be pack or spread; got {self.placement!r}")
         if self.keep_checkpoints < 1:
             raise ValueError("train.keep_checkpoints must be >= 1")
+        if self.schedule not in ("linear", "cosine", "constant"):
+            raise ValueError(f"train.schedule must be linear, cosine or constant; got {self.schedule!r}")
+        if not 0 <= self.warmup < 1 or self.grad_clip < 0 or self.grad_accum < 1:
+            raise ValueError("train.warmup must lie in [0, 1), grad_clip >= 0 and grad_accum >= 1")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"train.precision must be fp32, bf16 or fp16; got {self.precision!r}")
+        if self.precision == "fp16" and not self.use_gpu:
+            raise ValueError("train.precision fp16 needs use_gpu (on CPU use bf16)")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("train.epochs and train.batch_size must be >= 1")
 

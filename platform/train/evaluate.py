@@ -9,7 +9,8 @@ from rayrec.models.batch import Batch, eval_examples, to_tensors
 from rayrec.models.session_model import SessionModel
 
 
-def model_metric_sums(model: SessionModel, batch: Batch, batch_size: int = 512, ks=DEFAULT_KS) -> dict:
+def model_metric_sums(model: SessionModel, batch: Batch, batch_size: int = 512, ks=DEFAULT_KS,
+                      device: torch.device | None = None) -> dict:
     """Metric sums over a split's sessions; the inputs are cut before the target
     (`eval_examples`) on every list column, then scored in batches."""
     inputs, targets = eval_examples(batch, model.item_col, model.list_cols, model.cfg.eval_on)
@@ -18,7 +19,9 @@ def model_metric_sums(model: SessionModel, batch: Batch, batch_size: int = 512, 
     for i in range(0, len(targets), batch_size):
         x = to_tensors({k: v[i:i + batch_size] for k, v in inputs.items()})
         y = torch.from_numpy(targets[i:i + batch_size])
-        add_sums(sums, metric_sums(target_ranks(model.next_item_scores(x), y), ks))
+        if device is not None and device.type != "cpu":
+            x, y = {k: v.to(device) for k, v in x.items()}, y.to(device)
+        add_sums(sums, metric_sums(tuple(r.cpu() for r in target_ranks(model.next_item_scores(x), y)), ks))
     return sums
 
 

@@ -7,6 +7,7 @@ from the last reported checkpoint at the next day.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -27,6 +28,7 @@ from rayrec.models.session_model import SessionModel
 from rayrec.train.allocator import keep_freed_memory
 from rayrec.train.config import TrainConfig
 from rayrec.train.data import load_batch, shard_rows, split_path
+from rayrec.train.optim import autocast, grad_scaler, make_optimizer, make_schedule
 from rayrec.train.evaluate import model_metric_sums
 
 PROGRESS = "progress.json"
@@ -61,18 +63,19 @@ def train_loop_per_worker(spec: dict) -> None:
     trained, planned = [r["train_day"] for r in history], [d[0] for d in spec["days"]]
     if planned[:start] != trained:
         raise ValueError(f"the checkpoint has trained days {trained}, which do not begin the planned days {planned}")
-    model = ray.train.torch.prepare_model(model) if world > 1 else model
+    device = ray.train.torch.get_device() if tcfg.use_gpu else torch.device("cpu")
+    model = ray.train.torch.prepare_model(model) if world > 1 else model.to(device)
     core: SessionModel = model.module if hasattr(model, "module") else model
 
     for step, (train_day, eval_day) in enumerate(spec["days"]):
         if step < start:
             continue
         torch.manual_seed(tcfg.seed * 1000 + train_day * 10 + rank)
-        train = train_one_day(model, tcfg, load(train_day, "train"), rank, world, train_day)
+        train = train_one_day(model, tcfg, load(train_day, "train"), rank, world, train_day, device)
         record = {"train_day": train_day, "eval_day": eval_day, "attempt": attempt, **train}
         if eval_day is not None:
             batch = take(load(eval_day, tcfg.eval_split), slice(rank, None, world))
-            scores = finalize(all_reduce_sums(model_metric_sums(core, batch, tcfg.eval_batch_size)))
+            scores = finalize(all_reduce_sums(model_metric_sums(core, batch, tcfg.eval_batch_size, device=device)))
             if scores["count"]:
                 record.update(scores)
             else:  # nothing to evaluate on that day: the record carries no metrics
@@ -90,26 +93,38 @@ def restore(model: torch.nn.Module, directory: str) -> list[dict]:
         return json.load(f)["history"]
 
 
-def train_one_day(model, tcfg: TrainConfig, data: Batch, rank: int, world: int, day: int) -> dict:
-    """Epochs over this worker's shard with AdamW and a linear-decay schedule."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    # fused: one kernel over all parameters; catalogue-sized tables make the update costly
-    optimizer = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay, fused=True)
+def train_one_day(model, tcfg: TrainConfig, data: Batch, rank: int, world: int, day: int,
+                  device: torch.device = torch.device("cpu")) -> dict:
+    """Epochs over this worker's shard: fresh AdamW and schedule, optional autocast,
+    gradient accumulation (without DDP syncs on the inner micro-batches) and clipping."""
+    optimizer = make_optimizer(model, tcfg)
     n = len(next(iter(data.values())))
-    per_epoch = -(-(n // max(world, 1)) // tcfg.batch_size) if n >= world else 0
-    total = max(1, per_epoch * tcfg.epochs)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / total))
+    micro = -(-(n // max(world, 1)) // tcfg.batch_size) if n >= world else 0
+    steps_per_epoch = max(1, -(-micro // tcfg.grad_accum))
+    schedule = make_schedule(optimizer, tcfg, steps_per_epoch)
+    scaler = grad_scaler(tcfg, device)
+    params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     losses, seen, started = [], 0, time.perf_counter()
     for epoch in range(tcfg.epochs):
         rows = shard_rows(n, rank, world, seed=tcfg.seed * 7919 + day * 101 + epoch)
-        for i in range(0, len(rows), tcfg.batch_size):
-            batch = to_tensors(take(data, rows[i:i + tcfg.batch_size]))
-            loss = model(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+        starts = range(0, len(rows), tcfg.batch_size)
+        for j, i in enumerate(starts):
+            batch = on_device(to_tensors(take(data, rows[i:i + tcfg.batch_size])), device)
+            last_micro = (j + 1) % tcfg.grad_accum == 0 or j == len(starts) - 1
+            sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
+            with sync:
+                with autocast(tcfg, device):
+                    loss = model(batch)
+                scaler.scale(loss / tcfg.grad_accum).backward()
+            if last_micro:
+                if tcfg.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                schedule.step()
             losses.append(loss.item())
             seen += len(rows[i:i + tcfg.batch_size])
     seconds = time.perf_counter() - started
@@ -117,6 +132,13 @@ def train_one_day(model, tcfg: TrainConfig, data: Batch, rank: int, world: int, 
             "first_loss": losses[0] if losses else float("nan"),
             "train_sequences": seen * world, "train_seconds": round(seconds, 3),
             "sequences_per_s": round(seen * world / seconds, 1) if seconds > 0 else 0.0}
+
+
+def on_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """CPU tensors as they are; for a GPU, pinned and copied without blocking."""
+    if device.type == "cpu":
+        return batch
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def replica_check(model: torch.nn.Module) -> dict:

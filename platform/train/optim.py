@@ -1,0 +1,54 @@
+"""Optimizer, learning-rate schedule and precision for one training window.
+
+Each window (day-by-day training) gets a fresh AdamW and schedule, as the reference's
+protocol does. Schedules: linear warm-up then linear decay to 0, cosine (half a cycle
+over the window, or N cycles per epoch), or constant after warm-up.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+
+from rayrec.train.config import TrainConfig
+
+
+def make_optimizer(model: torch.nn.Module, tcfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    # fused: one kernel over all parameters; catalogue-sized tables make the update costly
+    return torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay, fused=True)
+
+
+def lr_factor(step: int, total: int, steps_per_epoch: int, tcfg: TrainConfig) -> float:
+    """The multiplier of the base learning rate at optimizer step `step` of `total`."""
+    warm = int(tcfg.warmup * total)
+    if step < warm:
+        return (step + 1) / warm
+    if tcfg.schedule == "constant":
+        return 1.0
+    progress = (step - warm) / max(1, total - warm)
+    if tcfg.schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    cycles = 0.5 if tcfg.cosine_cycles_per_epoch is None else \
+        tcfg.cosine_cycles_per_epoch * total / max(1, steps_per_epoch)
+    return 0.5 * (1.0 + math.cos(2 * math.pi * cycles * progress))
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, tcfg: TrainConfig, steps_per_epoch: int):
+    total = max(1, steps_per_epoch * tcfg.epochs)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, steps_per_epoch, tcfg))
+
+
+def autocast(tcfg: TrainConfig, device: torch.device):
+    """bf16 autocast on CPU or GPU, fp16 on GPU; nothing for fp32."""
+    if tcfg.precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if tcfg.precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def grad_scaler(tcfg: TrainConfig, device: torch.device):
+    """fp16 needs loss scaling against gradient underflow; bf16 and fp32 do not."""
+    enabled = tcfg.precision == "fp16" and device.type == "cuda"
+    return torch.amp.GradScaler(device.type, enabled=enabled)
