@@ -81,7 +81,7 @@ def train_configs(a):
                      n_head=a.n_head, max_len=a.max_len)
     train = from_dict(TrainConfig, _section(a.config, "train"), f"{a.config}: train")
     train = override(train, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, workers=a.workers,
-                     train_days=a.train_days, seed=a.seed)
+                     train_days=a.train_days, seed=a.seed, window_days=a.window_days)
     return model, train
 
 
@@ -97,7 +97,7 @@ def cmd_train(a) -> None:
         model = override(model, arch=a.arch, masking=a.masking, d_model=a.d_model, n_layer=a.n_layer,
                          n_head=a.n_head, max_len=a.max_len)
         train = override(train, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, workers=a.workers,
-                         train_days=a.train_days, seed=a.seed)
+                         train_days=a.train_days, seed=a.seed, window_days=a.window_days)
     else:
         if not a.data:
             raise ValueError("--data is required (or --resume RUN)")
@@ -184,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float)
     t.add_argument("--workers", type=int, help="Ray Train workers; 0 runs in-process")
     t.add_argument("--train-days", help="A:B (inclusive); default every day that has a next day")
+    t.add_argument("--window-days", type=int, help="days per training window (default 1: day by day)")
     t.add_argument("--seed", type=int)
     t.add_argument("--address", help="Ray cluster to join (default RAY_ADDRESS, else a local cluster)")
     t.add_argument("--overwrite", action="store_true", help="replace --out if it exists")

@@ -49,3 +49,12 @@ def test_gpu_training(etl_dir, tmp_path, precision):
     tcfg = TrainConfig(workers=1, use_gpu=True, precision=precision, epochs=2, train_days="1:1")
     day = run_training(etl_dir, str(tmp_path / "run"), MODEL, tcfg)["days"][0]
     assert day["train_loss"] < day["first_loss"]
+
+
+def test_windows_of_several_days(etl_dir, tmp_path):
+    tcfg = TrainConfig(workers=0, epochs=1, batch_size=64, train_days="1:3", window_days=2, seed=1)
+    days = run_training(etl_dir, str(tmp_path / "run"), MODEL, tcfg)["days"]
+    assert [(d["window"], d["eval_day"]) for d in days] == [([1, 2], 3), ([3], 4)]
+    one = run_training(etl_dir, str(tmp_path / "one"), MODEL, TrainConfig(workers=0, epochs=1, batch_size=64,
+                                                                            train_days="1:1", seed=1))
+    assert days[0]["train_sequences"] > one["days"][0]["train_sequences"]  # both days' sessions

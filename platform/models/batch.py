@@ -78,6 +78,12 @@ def take(batch: Batch, rows) -> Batch:
     return {k: v[rows] for k, v in batch.items()}
 
 
+def concat_batches(batches: list[Batch]) -> Batch:
+    if len(batches) == 1:
+        return batches[0]
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+
 def to_tensors(batch: Batch) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
 

@@ -25,6 +25,7 @@ class TrainConfig:
     cosine_cycles_per_epoch: float | None = None  # cosine: None = half a cycle over the window
     grad_clip: float = 0.0         # max global gradient norm (0: no clipping)
     grad_accum: int = 1            # micro-batches per optimizer step
+    window_days: int = 1           # days per training window (train on a window, evaluate on the next day)
     precision: str = "fp32"        # fp32 | bf16 (autocast, CPU or GPU) | fp16 (GPU, with a grad scaler)
 
     def __post_init__(self):
@@ -38,6 +39,8 @@ class TrainConfig:
             raise ValueError(f"train.schedule must be linear, cosine or constant; got {self.schedule!r}")
         if not 0 <= self.warmup < 1 or self.grad_clip < 0 or self.grad_accum < 1:
             raise ValueError("train.warmup must lie in [0, 1), grad_clip >= 0 and grad_accum >= 1")
+        if self.window_days < 1:
+            raise ValueError("train.window_days must be >= 1")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"train.precision must be fp32, bf16 or fp16; got {self.precision!r}")
         if self.precision == "fp16" and not self.use_gpu:

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from rayrec.metrics import finalize
-from rayrec.models.batch import Batch, take, to_tensors
+from rayrec.models.batch import Batch, concat_batches, take, to_tensors
 from rayrec.models.checkpoint import load_weights, new_model, save_model
 from rayrec.models.config import ModelConfig
 from rayrec.models.features import FeatureSpec
@@ -60,19 +60,21 @@ def train_loop_per_worker(spec: dict) -> None:
     elif spec.get("resume_from"):  # `rayrec train --resume RUN`: that run's final checkpoint
         history = restore(model, spec["resume_from"])
     start = len(history)
-    trained, planned = [r["train_day"] for r in history], [d[0] for d in spec["days"]]
+    trained, planned = [r["train_day"] for r in history], [window[0] for window, _ in spec["days"]]
     if planned[:start] != trained:
         raise ValueError(f"the checkpoint has trained days {trained}, which do not begin the planned days {planned}")
     device = ray.train.torch.get_device() if tcfg.use_gpu else torch.device("cpu")
     model = ray.train.torch.prepare_model(model) if world > 1 else model.to(device)
     core: SessionModel = model.module if hasattr(model, "module") else model
 
-    for step, (train_day, eval_day) in enumerate(spec["days"]):
+    for step, (window, eval_day) in enumerate(spec["days"]):
         if step < start:
             continue
+        train_day = window[0]
         torch.manual_seed(tcfg.seed * 1000 + train_day * 10 + rank)
-        train = train_one_day(model, tcfg, load(train_day, "train"), rank, world, train_day, device)
-        record = {"train_day": train_day, "eval_day": eval_day, "attempt": attempt, **train}
+        data = concat_batches([load(d, "train") for d in window])
+        train = train_one_day(model, tcfg, data, rank, world, train_day, device)
+        record = {"train_day": train_day, "window": window, "eval_day": eval_day, "attempt": attempt, **train}
         if eval_day is not None:
             batch = take(load(eval_day, tcfg.eval_split), slice(rank, None, world))
             scores = finalize(all_reduce_sums(model_metric_sums(core, batch, tcfg.eval_batch_size, device=device)))

@@ -26,10 +26,12 @@ from rayrec.plot import plot_days
 REPORTED = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@20", "map@20", "precision@20")
 
 
-def plan_days(data_dir: str, spec: str | None) -> list[tuple[int, int | None]]:
+def plan_days(data_dir: str, spec: str | None, window: int = 1) -> list[tuple[list[int], int | None]]:
+    """Windows of `window` consecutive selected days, each with the day after it to evaluate on."""
     available = day_dirs(data_dir)
     days = parse_days(spec, available)
-    return [(d, d + 1 if d + 1 in available else None) for d in days]
+    windows = [days[i:i + window] for i in range(0, len(days), window)]
+    return [(w, w[-1] + 1 if w[-1] + 1 in available else None) for w in windows]
 
 
 def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
@@ -52,9 +54,10 @@ def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: Tra
     for head in model_cfg.heads:
         if head.target not in schema.names:
             raise ValueError(f"model.heads: target column {head.target!r} is not in {data_dir}'s schema")
-    days = plan_days(data_dir, train_cfg.train_days)
-    for train_day, eval_day in days:  # fail before starting Ray if a file is missing
-        split_path(data_dir, train_day, "train")
+    days = plan_days(data_dir, train_cfg.train_days, train_cfg.window_days)
+    for window, eval_day in days:  # fail before starting Ray if a file is missing
+        for day in window:
+            split_path(data_dir, day, "train")
         if eval_day is not None:
             split_path(data_dir, eval_day, train_cfg.eval_split)
 
@@ -122,7 +125,8 @@ def summarize(history: list[dict], data_dir: str, item_col: str, n_items: int, f
     """Attach the popularity baseline (counts of every day trained so far) and average."""
     seen = []
     for rec in history:
-        seen.append(load_items(split_path(data_dir, rec["train_day"], "train"), item_col, mcfg.max_len))
+        seen += [load_items(split_path(data_dir, d, "train"), item_col, mcfg.max_len)
+                 for d in rec.get("window", [rec["train_day"]])]
         if rec.get("eval_day") is None:
             continue
         items = load_items(split_path(data_dir, rec["eval_day"], tcfg.eval_split), item_col, mcfg.max_len)
@@ -133,7 +137,7 @@ def summarize(history: list[dict], data_dir: str, item_col: str, n_items: int, f
     pop_average = {k: sum(r["popularity"][k] for r in evaluated) / len(evaluated) for k in REPORTED} \
         if evaluated else {}
     return {"days": history, "average": average, "popularity_average": pop_average,
-            "train_days": [r["train_day"] for r in history]}
+            "train_days": [d for r in history for d in r.get("window", [r["train_day"]])]}
 
 
 CSV_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@20", "map@20", "precision@20")
