@@ -58,3 +58,21 @@ def test_windows_of_several_days(etl_dir, tmp_path):
     one = run_training(etl_dir, str(tmp_path / "one"), MODEL, TrainConfig(workers=0, epochs=1, batch_size=64,
                                                                             train_days="1:1", seed=1))
     assert days[0]["train_sequences"] > one["days"][0]["train_sequences"]  # both days' sessions
+
+
+def test_workers_read_disjoint_equal_shards(tmp_path):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rayrec.train.data import read_shard
+
+    path = str(tmp_path / "t.parquet")
+    pq.write_table(pa.table({"x": np.arange(103)}), path, row_group_size=10)  # 11 row groups
+    for world in (1, 2, 3, 4):
+        train = [read_shard(path, ["x"], r, world).column("x").to_pylist() for r in range(world)]
+        assert len({len(t) for t in train}) == 1 and sum(map(len, train)) > 103 - world
+        flat = [v for t in train for v in t]
+        assert len(flat) == len(set(flat))  # disjoint
+        evals = [read_shard(path, ["x"], r, world, cover_all=True).column("x").to_pylist() for r in range(world)]
+        assert sorted(v for t in evals for v in t) == list(range(103))  # every row evaluated once

@@ -46,8 +46,8 @@ def train_loop_per_worker(spec: dict) -> None:
     model = new_model(mcfg, features)
     targets = [h.target for h in mcfg.heads]
 
-    def load(day: int, split: str) -> Batch:
-        return load_batch(split_path(spec["data_dir"], day, split), features, targets, mcfg.max_len)
+    def load(day: int, split: str) -> Batch:  # this worker's shard of the day's split
+        return load_batch(split_path(spec["data_dir"], day, split), features, targets, mcfg.max_len, rank, world)
 
     history: list[dict] = []
     start = 0
@@ -76,7 +76,8 @@ def train_loop_per_worker(spec: dict) -> None:
         train = train_one_day(model, tcfg, data, rank, world, train_day, device)
         record = {"train_day": train_day, "window": window, "eval_day": eval_day, "attempt": attempt, **train}
         if eval_day is not None:
-            batch = take(load(eval_day, tcfg.eval_split), slice(rank, None, world))
+            batch = load_batch(split_path(spec["data_dir"], eval_day, tcfg.eval_split), features, targets,
+                               mcfg.max_len, rank, world, cover_all=True)
             scores = finalize(all_reduce_sums(model_metric_sums(core, batch, tcfg.eval_batch_size, device=device)))
             if scores["count"]:
                 record.update(scores)
@@ -101,7 +102,7 @@ def train_one_day(model, tcfg: TrainConfig, data: Batch, rank: int, world: int, 
     gradient accumulation (without DDP syncs on the inner micro-batches) and clipping."""
     optimizer = make_optimizer(model, tcfg)
     n = len(next(iter(data.values())))
-    micro = -(-(n // max(world, 1)) // tcfg.batch_size) if n >= world else 0
+    micro = -(-n // tcfg.batch_size)  # micro-batches per epoch on this worker's shard
     steps_per_epoch = max(1, -(-micro // tcfg.grad_accum))
     schedule = make_schedule(optimizer, tcfg, steps_per_epoch)
     scaler = grad_scaler(tcfg, device)
