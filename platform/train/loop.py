@@ -28,6 +28,7 @@ from rayrec.models.session_model import SessionModel
 from rayrec.train.allocator import keep_freed_memory
 from rayrec.train.config import TrainConfig
 from rayrec.train.data import load_batch, shard_rows, split_path
+from rayrec.train.progress import Progress
 from rayrec.train.optim import autocast, grad_scaler, make_optimizer, make_schedule
 from rayrec.train.evaluate import model_metric_sums
 
@@ -108,6 +109,7 @@ def train_one_day(model, tcfg: TrainConfig, data: Batch, rank: int, world: int, 
     scaler = grad_scaler(tcfg, device)
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
+    progress = Progress(f"day {day}", micro * tcfg.epochs, enabled=rank == 0)
     losses, seen, started = [], 0, time.perf_counter()
     for epoch in range(tcfg.epochs):
         rows = shard_rows(n, rank, world, seed=tcfg.seed * 7919 + day * 101 + epoch)
@@ -130,6 +132,8 @@ def train_one_day(model, tcfg: TrainConfig, data: Batch, rank: int, world: int, 
                 schedule.step()
             losses.append(loss.item())
             seen += len(rows[i:i + tcfg.batch_size])
+            progress.update(epoch, losses[-1], len(rows[i:i + tcfg.batch_size]) * world)
+    progress.close()
     seconds = time.perf_counter() - started
     return {"train_loss": float(np.mean(losses[-max(1, len(losses) // 4):])) if losses else float("nan"),
             "first_loss": losses[0] if losses else float("nan"),
