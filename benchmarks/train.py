@@ -81,7 +81,8 @@ def rayrec_run(data: str, out: str, threads: int, lr: float, workers: int = 0) -
                         mlm_probability=0.15, features=["category-list", "price-list"], embedding_dim=64,
                         aggregation="concat", continuous="projection", continuous_projection=[64],
                         layer_norm=False, embedding_init_std=0.05)
-    train = TrainConfig(workers=workers, threads_per_worker=threads // max(1, workers), epochs=1,
+    train = TrainConfig(workers=workers, threads_per_worker=max(1, threads // max(1, workers)), epochs=1,
+                        placement="spread",
                         batch_size=256 // max(1, workers), lr=lr, grad_clip=1.0, weight_decay=0.0,
                         train_days="1:1", eval_split="valid", seed=0)
     day = run_training(data, out, model, train)["days"][0]
