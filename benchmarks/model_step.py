@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import tempfile
 import time
 from collections import defaultdict
@@ -32,8 +31,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from peers import run_t4r
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PEER = os.path.join(ROOT, "..", "shared", "peers", "t4r")
 ITEMS, CATS, MAX_LEN, BATCH = 20_000, 200, 20, 256
 CONFIGS = {"small": 64, "large": 192}
 
@@ -148,10 +148,6 @@ def where_time_goes(prof) -> dict[str, float]:
 
 def t4r(d_model: int, data: dict, valid: dict, threads: int, work: str) -> dict | None:
     """T4R's own run: its XLNetConfig.build defaults (dropout 0.3), mlm_probability 0.15."""
-    if not os.path.isdir(PEER):
-        return None
-    python = subprocess.run(["bash", os.path.join(PEER, "setup.sh")], capture_output=True, text=True,
-                            check=True).stdout.strip().splitlines()[-1]
     for name, d in (("train", data), ("valid", valid)):
         os.makedirs(os.path.join(work, name), exist_ok=True)
         n = d["lengths"]
@@ -160,16 +156,10 @@ def t4r(d_model: int, data: dict, valid: dict, threads: int, work: str) -> dict 
             "category-list": [list(r[:k]) for r, k in zip(d["category"], n)],
             "price-list": pa.array([list(r[:k]) for r, k in zip(d["price"], n)], pa.list_(pa.float32()))})
         pq.write_table(table, os.path.join(work, name, "part.parquet"))
-    cmd = [python, os.path.join(PEER, "bench.py"), "--train", os.path.join(work, "train"),
-           "--valid", os.path.join(work, "valid"), "--item-col", "item_id-list", "--item-cardinality", str(ITEMS),
+    return run_t4r(work, ["--item-col", "item_id-list", "--item-cardinality", str(ITEMS),
            "--cat-col", f"category-list:{CATS}", "--cont-col", "price-list", "--arch", "xlnet", "--masking", "mlm",
            "--d-model", str(d_model), "--n-layer", "2", "--n-head", "4", "--max-len", str(MAX_LEN),
-           "--batch", str(BATCH), "--epochs", "1", "--threads", str(threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=work)
-    if out.returncode != 0:
-        print(out.stdout[-2000:], out.stderr[-3000:])
-        return None
-    return json.loads(out.stdout.strip().splitlines()[-1])
+           "--batch", str(BATCH), "--epochs", "1", "--threads", str(threads)])
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import tempfile
 import time
 
@@ -26,8 +25,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from peers import run_t4r
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PEER = os.path.join(ROOT, "..", "shared", "peers", "t4r")
 ITEMS, CATS, MAX_LEN = 20_000, 200, 20
 
 
@@ -112,20 +112,10 @@ def loader_rate(data: str, threads: int) -> dict:
 
 
 def t4r_run(work: str, threads: int, lr: float) -> dict | None:
-    if not os.path.isdir(PEER):
-        return None
-    python = subprocess.run(["bash", os.path.join(PEER, "setup.sh")], capture_output=True, text=True,
-                            check=True).stdout.strip().splitlines()[-1]
-    cmd = [python, os.path.join(PEER, "bench.py"), "--train", os.path.join(work, "train"),
-           "--valid", os.path.join(work, "valid"), "--item-col", "item_id-list", "--item-cardinality",
+    return run_t4r(work, ["--item-col", "item_id-list", "--item-cardinality",
            str(ITEMS - 1), "--cat-col", f"category-list:{CATS - 1}", "--cont-col", "price-list", "--arch", "xlnet",
            "--masking", "mlm", "--d-model", "64", "--n-layer", "2", "--n-head", "4", "--max-len", str(MAX_LEN),
-           "--batch", "256", "--epochs", "1", "--lr", str(lr), "--threads", str(threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=work)
-    if out.returncode != 0:
-        print(out.stdout[-2000:], out.stderr[-3000:])
-        return None
-    return json.loads(out.stdout.strip().splitlines()[-1])
+           "--batch", "256", "--epochs", "1", "--lr", str(lr), "--threads", str(threads)])
 
 
 def main() -> None:

@@ -10,10 +10,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import etl
 
 from rayrec.config_io import read_yaml
-from rayrec.etl import EtlConfig, InputError, Workflow, workflow_from_config
+from rayrec.etl import InputError, Workflow, workflow_from_config
 from rayrec.etl.columns import Ragged, to_arrow
 from rayrec.schema import Schema
 
