@@ -76,3 +76,4 @@ def test_workers_read_disjoint_equal_shards(tmp_path):
         assert len(flat) == len(set(flat))  # disjoint
         evals = [read_shard(path, ["x"], r, world, cover_all=True).column("x").to_pylist() for r in range(world)]
         assert sorted(v for t in evals for v in t) == list(range(103))  # every row evaluated once
+

@@ -20,6 +20,10 @@ class TrainConfig:
     use_gpu: bool = False          # one GPU per worker, DDP over NCCL (gloo on CPU)
     placement: str = "pack"        # pack: fill a node first | spread: one worker per node where possible
     keep_checkpoints: int = 2      # checkpoints kept in the Ray run (the latest is always kept)
+    checkpoint_metric: str | None = None  # keep the best by this metric (e.g. recall@20), else the newest
+    checkpoint_every: str = "window"  # window | epoch (with optimizer and schedule state: restarts resume mid-window)
+    storage: str | None = None     # where Ray keeps checkpoints: a path or a pyarrow/fsspec URI (s3://, gs://...)
+                                   # shared by all nodes; default: inside the run directory being written
     schedule: str = "linear"       # linear (decay to 0) | cosine | constant, each after `warmup`
     warmup: float = 0.0            # fraction of a window's optimizer steps spent warming up linearly
     cosine_cycles_per_epoch: float | None = None  # cosine: None = half a cycle over the window
@@ -39,6 +43,8 @@ class TrainConfig:
             raise ValueError(f"train.schedule must be linear, cosine or constant; got {self.schedule!r}")
         if not 0 <= self.warmup < 1 or self.grad_clip < 0 or self.grad_accum < 1:
             raise ValueError("train.warmup must lie in [0, 1), grad_clip >= 0 and grad_accum >= 1")
+        if self.checkpoint_every not in ("window", "epoch"):
+            raise ValueError(f"train.checkpoint_every must be window or epoch; got {self.checkpoint_every!r}")
         if self.window_days < 1:
             raise ValueError("train.window_days must be >= 1")
         if self.precision not in ("fp32", "bf16", "fp16"):

@@ -29,6 +29,7 @@ from rayrec.train.allocator import keep_freed_memory
 from rayrec.train.config import TrainConfig
 from rayrec.train.data import load_batch, shard_rows, split_path
 from rayrec.train.progress import Progress
+from rayrec.train.state import apply_train_state, read_train_state, save_train_state
 from rayrec.train.optim import autocast, grad_scaler, make_optimizer, make_schedule
 from rayrec.train.evaluate import model_metric_sums
 
@@ -51,15 +52,19 @@ def train_loop_per_worker(spec: dict) -> None:
         return load_batch(split_path(spec["data_dir"], day, split), features, targets, mcfg.max_len, rank, world)
 
     history: list[dict] = []
-    start = 0
-    attempt = 0  # worker-group restarts so far, recorded with each day
+    attempt, state = 0, None  # worker-group restarts so far; a window's unfinished training state
     checkpoint = ray.train.get_checkpoint()  # after a failure: the group's last checkpoint
     if checkpoint:
         with checkpoint.as_directory() as d:
-            history = restore(model, d)
-        attempt = max((r.get("attempt", 0) for r in history), default=0) + 1
+            history, state = restore(model, d)
+        earlier = [r.get("attempt", 0) for r in history] + ([state["partial"].get("attempt", 0)] if state else [])
+        attempt = max(earlier, default=0) + 1
+        if rank == 0:
+            where = f", day {state['partial']['window']} after epoch {state['partial']['epochs_done']}" if state else ""
+            print(f"[rayrec] restart {attempt} from the last checkpoint: {len(history)} window(s) done{where}",
+                  flush=True)
     elif spec.get("resume_from"):  # `rayrec train --resume RUN`: that run's final checkpoint
-        history = restore(model, spec["resume_from"])
+        history, _ = restore(model, spec["resume_from"])
     start = len(history)
     trained, planned = [r["train_day"] for r in history], [window[0] for window, _ in spec["days"]]
     if planned[:start] != trained:
@@ -72,9 +77,15 @@ def train_loop_per_worker(spec: dict) -> None:
         if step < start:
             continue
         train_day = window[0]
-        torch.manual_seed(tcfg.seed * 1000 + train_day * 10 + rank)
         data = concat_batches([load(d, "train") for d in window])
-        train = train_one_day(model, tcfg, data, rank, world, train_day, device)
+
+        def epoch_done(partial: dict, optimizer, schedule) -> None:  # mid-window checkpoint
+            if tcfg.checkpoint_every == "epoch":
+                report_partial(core, history, dict(partial, attempt=attempt), optimizer, schedule, spec, rank, tcfg)
+
+        train = train_one_day(model, tcfg, data, rank, world, train_day, device,
+                              state if state and state["partial"]["window"] == train_day else None, epoch_done)
+        state = None
         record = {"train_day": train_day, "window": window, "eval_day": eval_day, "attempt": attempt, **train}
         if eval_day is not None:
             batch = load_batch(split_path(spec["data_dir"], eval_day, tcfg.eval_split), features, targets,
@@ -90,17 +101,22 @@ def train_loop_per_worker(spec: dict) -> None:
         report(core, record, history, spec, rank)
 
 
-def restore(model: torch.nn.Module, directory: str) -> list[dict]:
-    """Weights and the per-day history from a checkpoint directory."""
+def restore(model: torch.nn.Module, directory: str) -> tuple[list[dict], dict | None]:
+    """Weights, the per-window history and, for a mid-window checkpoint, the optimizer
+    and schedule state with the window's progress."""
     load_weights(model, directory)
     with open(os.path.join(directory, PROGRESS)) as f:
-        return json.load(f)["history"]
+        history = json.load(f)["history"]
+    return history, read_train_state(directory)
 
 
 def train_one_day(model, tcfg: TrainConfig, data: Batch, rank: int, world: int, day: int,
-                  device: torch.device = torch.device("cpu")) -> dict:
-    """Epochs over this worker's shard: fresh AdamW and schedule, optional autocast,
-    gradient accumulation (without DDP syncs on the inner micro-batches) and clipping."""
+                  device: torch.device = torch.device("cpu"), resume: dict | None = None,
+                  epoch_done=None) -> dict:
+    """Epochs over this worker's shard: fresh AdamW and schedule (or, with `resume`, the
+    saved ones, from the epoch after the last one finished), optional autocast, gradient
+    accumulation (without DDP syncs on the inner micro-batches) and clipping.
+    `epoch_done(partial, optimizer, schedule)` runs after every epoch but the last."""
     optimizer = make_optimizer(model, tcfg)
     n = len(next(iter(data.values())))
     micro = -(-n // tcfg.batch_size)  # micro-batches per epoch on this worker's shard
@@ -110,8 +126,14 @@ def train_one_day(model, tcfg: TrainConfig, data: Batch, rank: int, world: int, 
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     progress = Progress(f"day {day}", micro * tcfg.epochs, enabled=rank == 0)
-    losses, seen, started = [], 0, time.perf_counter()
-    for epoch in range(tcfg.epochs):
+    losses, seen, first_epoch, before = [], 0, 0, 0.0
+    if resume:
+        apply_train_state(resume, optimizer, schedule)
+        p = resume["partial"]
+        losses, seen, first_epoch, before = p["losses"], p["seen"], p["epochs_done"], p["seconds"]
+    started = time.perf_counter()
+    for epoch in range(first_epoch, tcfg.epochs):
+        torch.manual_seed(tcfg.seed * 1_000_003 + day * 1009 + epoch * 31 + rank)  # masks, dropout
         rows = shard_rows(n, rank, world, seed=tcfg.seed * 7919 + day * 101 + epoch)
         starts = range(0, len(rows), tcfg.batch_size)
         for j, i in enumerate(starts):
@@ -133,8 +155,11 @@ def train_one_day(model, tcfg: TrainConfig, data: Batch, rank: int, world: int, 
             losses.append(loss.item())
             seen += len(rows[i:i + tcfg.batch_size])
             progress.update(epoch, losses[-1], len(rows[i:i + tcfg.batch_size]) * world)
+        if epoch_done is not None and epoch < tcfg.epochs - 1:
+            epoch_done({"window": day, "epochs_done": epoch + 1, "losses": losses, "seen": seen,
+                        "seconds": before + time.perf_counter() - started}, optimizer, schedule)
     progress.close()
-    seconds = time.perf_counter() - started
+    seconds = before + time.perf_counter() - started
     return {"train_loss": float(np.mean(losses[-max(1, len(losses) // 4):])) if losses else float("nan"),
             "first_loss": losses[0] if losses else float("nan"),
             "train_sequences": seen * world, "train_seconds": round(seconds, 3),
@@ -170,6 +195,24 @@ def all_reduce_sums(sums: dict[str, float]) -> dict[str, float]:
     t = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
     dist.all_reduce(t)
     return dict(zip(keys, t.tolist()))
+
+
+def report_partial(model: SessionModel, history: list[dict], partial: dict, optimizer, schedule, spec: dict,
+                   rank: int, tcfg: TrainConfig) -> None:
+    """A mid-window checkpoint: weights, optimizer and schedule, and how far the window got.
+    Its score for keeping the best is the last finished window's (0 before any)."""
+    metrics = {"train_day": partial["window"], "epochs_done": partial["epochs_done"]}
+    if tcfg.checkpoint_metric:
+        metrics[tcfg.checkpoint_metric] = history[-1].get(tcfg.checkpoint_metric, 0.0) if history else 0.0
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    directory = os.path.join(spec["scratch"], f"day-{partial['window']:03d}-epoch-{partial['epochs_done']:03d}")
+    save_model(model, directory, extra={"item_col": spec["item_col"]})
+    save_train_state(directory, optimizer, schedule, partial)
+    with open(os.path.join(directory, PROGRESS), "w") as f:
+        json.dump({"history": history}, f, indent=2)
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
 def report(model: SessionModel, record: dict, history: list[dict], spec: dict, rank: int) -> None:

@@ -70,9 +70,13 @@ def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: Tra
             train_loop_per_worker, train_loop_config=spec,
             scaling_config=scaling(train_cfg),
             torch_config=TorchConfig(backend="nccl" if train_cfg.use_gpu else "gloo"),
-            run_config=RunConfig(name="rayrec-train", storage_path=os.path.join(tmp, "ray"),
+            run_config=RunConfig(name="rayrec-" + os.path.basename(tmp).lstrip("."),
+                                 storage_path=train_cfg.storage or os.path.join(tmp, "ray"),
                                  failure_config=FailureConfig(max_failures=train_cfg.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=train_cfg.keep_checkpoints),
+                                 checkpoint_config=CheckpointConfig(
+                                     num_to_keep=train_cfg.keep_checkpoints,
+                                     checkpoint_score_attribute=train_cfg.checkpoint_metric,
+                                     checkpoint_score_order="max"),
                                  logging_config=LoggingConfig(log_level="WARNING")),
         )
         if train_cfg.workers > 0:
