@@ -77,3 +77,11 @@ def test_workers_read_disjoint_equal_shards(tmp_path):
         evals = [read_shard(path, ["x"], r, world, cover_all=True).column("x").to_pylist() for r in range(world)]
         assert sorted(v for t in evals for v in t) == list(range(103))  # every row evaluated once
 
+
+
+def test_every_train_option_is_documented():
+    import dataclasses
+    import os
+
+    doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "train-config.md")).read()
+    assert not [f.name for f in dataclasses.fields(TrainConfig) if f"`{f.name}`" not in doc]
