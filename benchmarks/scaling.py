@@ -49,7 +49,7 @@ def main() -> None:
         ray.shutdown()
         cluster.shutdown()
     # what DDP all-reduces each step: every trainable parameter's gradient, dense fp32
-    m = SessionModel(bench_model_config(), [FeatureSpec("item_id-list", "categorical", True, bench.ITEMS,
+    m = SessionModel(bench.reference_model(), [FeatureSpec("item_id-list", "categorical", True, bench.ITEMS,
                                                         "item_id-list", 64, 1),
                                             FeatureSpec("category-list", "categorical", True, bench.CATS,
                                                         "category-list", 64, 1),
@@ -62,14 +62,6 @@ def main() -> None:
     print(f"efficiency of 2 workers: {two / (2 * one):.0%}; all-reduced per step and rank: "
           f"{grad_bytes / 2**20:.1f} MiB of gradients")
     print(json.dumps({"rows": rows, "efficiency": two / (2 * one), "allreduce_bytes_per_step": grad_bytes}))
-
-
-def bench_model_config():
-    from rayrec.models.config import ModelConfig
-
-    return ModelConfig(arch="xlnet", masking="mlm", d_model=64, n_layer=2, n_head=4, max_len=20, dropout=0.3,
-                       mlm_probability=0.15, features=["category-list", "price-list"], embedding_dim=64,
-                       aggregation="concat", continuous="projection", continuous_projection=[64], layer_norm=False)
 
 
 if __name__ == "__main__":

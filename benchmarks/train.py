@@ -70,17 +70,23 @@ def write_dataset(work: str, n: int) -> tuple[str, str]:
     return data, work
 
 
-def rayrec_run(data: str, out: str, threads: int, lr: float, workers: int = 0) -> dict:
+def reference_model():
+    """The reference config; input layer norm off and embeddings initialised at std 0.05
+    (measured best for one epoch here)."""
     from rayrec.models.config import ModelConfig
+
+    return ModelConfig(arch="xlnet", masking="mlm", d_model=64, n_layer=2, n_head=4, max_len=MAX_LEN, dropout=0.3,
+                       mlm_probability=0.15, features=["category-list", "price-list"], embedding_dim=64,
+                       aggregation="concat", continuous="projection", continuous_projection=[64],
+                       layer_norm=False, embedding_init_std=0.05)
+
+
+def rayrec_run(data: str, out: str, threads: int, lr: float, workers: int = 0) -> dict:
     from rayrec.train.config import TrainConfig
     from rayrec.train.trainer import run_training
 
-    # The reference config; input layer norm off, embeddings initialised at std 0.05, and
-    # the HF Trainer's clipping at 1.0 without weight decay: measured best for one epoch here.
-    model = ModelConfig(arch="xlnet", masking="mlm", d_model=64, n_layer=2, n_head=4, max_len=MAX_LEN, dropout=0.3,
-                        mlm_probability=0.15, features=["category-list", "price-list"], embedding_dim=64,
-                        aggregation="concat", continuous="projection", continuous_projection=[64],
-                        layer_norm=False, embedding_init_std=0.05)
+    model = reference_model()
+    # the HF Trainer's clipping at 1.0 without weight decay: measured best for one epoch here
     train = TrainConfig(workers=workers, threads_per_worker=max(1, threads // max(1, workers)), epochs=1,
                         placement="spread",
                         batch_size=256 // max(1, workers), lr=lr, grad_clip=1.0, weight_decay=0.0,

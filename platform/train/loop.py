@@ -80,11 +80,11 @@ def train_loop_per_worker(spec: dict) -> None:
         data = concat_batches([load(d, "train") for d in window])
 
         def epoch_done(partial: dict, optimizer, schedule) -> None:  # mid-window checkpoint
-            if tcfg.checkpoint_every == "epoch":
-                report_partial(core, history, dict(partial, attempt=attempt), optimizer, schedule, spec, rank, tcfg)
+            report_partial(core, history, dict(partial, attempt=attempt), optimizer, schedule, spec, rank, tcfg)
 
         train = train_one_day(model, tcfg, data, rank, world, train_day, device,
-                              state if state and state["partial"]["window"] == train_day else None, epoch_done)
+                              state if state and state["partial"]["window"] == train_day else None,
+                              epoch_done if tcfg.checkpoint_every == "epoch" else None)
         state = None
         record = {"train_day": train_day, "window": window, "eval_day": eval_day, "attempt": attempt, **train}
         if eval_day is not None:
@@ -204,29 +204,33 @@ def report_partial(model: SessionModel, history: list[dict], partial: dict, opti
     metrics = {"train_day": partial["window"], "epochs_done": partial["epochs_done"]}
     if tcfg.checkpoint_metric:
         metrics[tcfg.checkpoint_metric] = history[-1].get(tcfg.checkpoint_metric, 0.0) if history else 0.0
-    if rank != 0:
-        ray.train.report(metrics, checkpoint=None)
-        return
-    directory = os.path.join(spec["scratch"], f"day-{partial['window']:03d}-epoch-{partial['epochs_done']:03d}")
-    save_model(model, directory, extra={"item_col": spec["item_col"]})
-    save_train_state(directory, optimizer, schedule, partial)
-    with open(os.path.join(directory, PROGRESS), "w") as f:
-        json.dump({"history": history}, f, indent=2)
-    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+    name = f"day-{partial['window']:03d}-epoch-{partial['epochs_done']:03d}"
+    report_checkpoint(model, history, metrics, name, spec, rank,
+                      lambda d: save_train_state(d, optimizer, schedule, partial))
 
 
 def report(model: SessionModel, record: dict, history: list[dict], spec: dict, rank: int) -> None:
-    """Every rank reports; rank 0 attaches the checkpoint (weights + progress)."""
+    """The end of a window: its record (metrics) with weights and history."""
     metrics = {k: v for k, v in record.items() if isinstance(v, (int, float)) and v is not None}
+    if rank == 0:
+        print(f"[rayrec] day {record['train_day']}: loss {record['train_loss']:.3f}, "
+              f"{record['sequences_per_s']:.0f} seq/s"
+              + (f", day {record['eval_day']} recall@20 {record['recall@20']:.3f} ndcg@20 {record['ndcg@20']:.3f}"
+                 if record.get("eval_day") is not None else ""), flush=True)
+    report_checkpoint(model, history, metrics, f"day-{record['train_day']:03d}", spec, rank)
+
+
+def report_checkpoint(model: SessionModel, history: list[dict], metrics: dict, name: str, spec: dict, rank: int,
+                      write_more=None) -> None:
+    """Every rank reports `metrics`; rank 0 attaches the checkpoint: weights, the history
+    of finished windows and whatever `write_more(directory)` adds."""
     if rank != 0:
         ray.train.report(metrics, checkpoint=None)
         return
-    directory = os.path.join(spec["scratch"], f"day-{record['train_day']:03d}")
+    directory = os.path.join(spec["scratch"], name)
     save_model(model, directory, extra={"item_col": spec["item_col"]})
+    if write_more is not None:
+        write_more(directory)
     with open(os.path.join(directory, PROGRESS), "w") as f:
         json.dump({"history": history}, f, indent=2)
-    print(f"[rayrec] day {record['train_day']}: loss {record['train_loss']:.3f}, "
-          f"{record['sequences_per_s']:.0f} seq/s"
-          + (f", day {record['eval_day']} recall@20 {record['recall@20']:.3f} ndcg@20 {record['ndcg@20']:.3f}"
-             if record.get("eval_day") is not None else ""), flush=True)
     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
