@@ -80,13 +80,18 @@ def train_configs(a):
     model = override(model, arch=a.arch, masking=a.masking, d_model=a.d_model, n_layer=a.n_layer,
                      n_head=a.n_head, max_len=a.max_len)
     train = from_dict(TrainConfig, _section(a.config, "train"), f"{a.config}: train")
-    train = override(train, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, workers=a.workers,
-                     train_days=a.train_days, seed=a.seed, window_days=a.window_days)
+    train = override(train, **train_flags(a))
     return model, train
 
 
-def cmd_train(a) -> None:
-    from rayrec.train.trainer import format_table, resume_configs, run_training
+def train_flags(a) -> dict:
+    return dict(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, workers=a.workers, train_days=a.train_days,
+                seed=a.seed, window_days=a.window_days, checkpoint_every=a.checkpoint_every,
+                tensorboard=a.tensorboard or None, mlflow=a.mlflow)
+
+
+def cmd_train(a) -> int:
+    from rayrec.train.trainer import TrainingStopped, format_table, resume_configs, run_training
 
     if a.resume:  # the run's own configs and data, unless flags or --config say otherwise
         model, train, data = resume_configs(a.resume)
@@ -96,15 +101,20 @@ def cmd_train(a) -> None:
         from rayrec.config_io import override
         model = override(model, arch=a.arch, masking=a.masking, d_model=a.d_model, n_layer=a.n_layer,
                          n_head=a.n_head, max_len=a.max_len)
-        train = override(train, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, workers=a.workers,
-                         train_days=a.train_days, seed=a.seed, window_days=a.window_days)
+        train = override(train, **train_flags(a))
     else:
         if not a.data:
             raise ValueError("--data is required (or --resume RUN)")
         model, train = train_configs(a)
-    metrics = run_training(a.data, a.out, model, train, address=a.address, overwrite=a.overwrite, resume=a.resume)
+    try:
+        metrics = run_training(a.data, a.out, model, train, address=a.address, overwrite=a.overwrite,
+                               resume=a.resume)
+    except TrainingStopped as e:
+        print(f"rayrec train: {e}", file=sys.stderr)
+        return 1
     print(format_table(metrics))
     print(f"run written to {a.out} (checkpoint/, metrics.json)")
+    return 0
 
 
 def cmd_evaluate(a) -> None:
@@ -186,10 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--train-days", help="A:B (inclusive); default every day that has a next day")
     t.add_argument("--window-days", type=int, help="days per training window (default 1: day by day)")
     t.add_argument("--seed", type=int)
+    t.add_argument("--checkpoint-every", help="window, epoch or N (optimizer steps); inside a window a "
+                   "checkpoint keeps optimizer, schedule and position")
+    t.add_argument("--tensorboard", action="store_true", help="write TensorBoard event files to OUT/tensorboard")
+    t.add_argument("--mlflow", metavar="DIR", help="log params and metrics to this MLflow file store")
     t.add_argument("--address", help="Ray cluster to join (default RAY_ADDRESS, else a local cluster)")
     t.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    t.add_argument("--resume", metavar="RUN", help="continue RUN (its configs, data and checkpoint) over the "
-                   "days it has not trained yet; --train-days may extend them")
+    t.add_argument("--resume", metavar="RUN", help="continue RUN, finished or stopped (its configs, data and "
+                   "checkpoint), from where it stopped over the days it has not trained; --train-days may extend them")
     t.set_defaults(func=cmd_train)
 
     v = sub.add_parser("evaluate", help="Recall/NDCG@10,20 of a saved run next to most-popular")
@@ -222,13 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     use_loopback(getattr(args, "address", None))
     try:
-        args.func(args)
+        code = args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"rayrec {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ class TrainConfig:
     placement: str = "pack"        # pack: fill a node first | spread: one worker per node where possible
     keep_checkpoints: int = 2      # checkpoints kept in the Ray run (the latest is always kept)
     checkpoint_metric: str | None = None  # keep the best by this metric (e.g. recall@20), else the newest
-    checkpoint_every: str = "window"  # window | epoch (with optimizer and schedule state: restarts resume mid-window)
+    checkpoint_every: str | int = "window"  # window | epoch | N optimizer steps (epoch and N add optimizer,
+                                   # schedule and position: restarts resume inside a window)
     storage: str | None = None     # where Ray keeps checkpoints: a path or a pyarrow/fsspec URI (s3://, gs://...)
                                    # shared by all nodes; default: inside the run directory being written
     schedule: str = "linear"       # linear (decay to 0) | cosine | constant, each after `warmup`
@@ -31,6 +32,10 @@ class TrainConfig:
     grad_accum: int = 1            # micro-batches per optimizer step
     window_days: int = 1           # days per training window (train on a window, evaluate on the next day)
     precision: str = "fp32"        # fp32 | bf16 (autocast, CPU or GPU) | fp16 (GPU, with a grad scaler)
+    tensorboard: bool = False      # TensorBoard event files in RUN/tensorboard
+    mlflow: str | None = None      # MLflow file store (a directory or file:// URI) to log params and metrics to
+    mlflow_experiment: str = "rayrec"
+    log_every: int = 50            # steps averaged into one point of the loss curve (TensorBoard, MLflow)
 
     def __post_init__(self):
         if self.workers < 0:
@@ -43,8 +48,11 @@ class TrainConfig:
             raise ValueError(f"train.schedule must be linear, cosine or constant; got {self.schedule!r}")
         if not 0 <= self.warmup < 1 or self.grad_clip < 0 or self.grad_accum < 1:
             raise ValueError("train.warmup must lie in [0, 1), grad_clip >= 0 and grad_accum >= 1")
-        if self.checkpoint_every not in ("window", "epoch"):
-            raise ValueError(f"train.checkpoint_every must be window or epoch; got {self.checkpoint_every!r}")
+        if self.checkpoint_every not in ("window", "epoch") and self.checkpoint_steps is None:
+            raise ValueError("train.checkpoint_every must be window, epoch or a number of optimizer steps >= 1; "
+                             f"got {self.checkpoint_every!r}")
+        if self.log_every < 1:
+            raise ValueError("train.log_every must be >= 1")
         if self.window_days < 1:
             raise ValueError("train.window_days must be >= 1")
         if self.precision not in ("fp32", "bf16", "fp16"):
@@ -53,6 +61,16 @@ class TrainConfig:
             raise ValueError("train.precision fp16 needs use_gpu (on CPU use bf16)")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("train.epochs and train.batch_size must be >= 1")
+
+    @property
+    def checkpoint_steps(self) -> int | None:
+        """N when checkpoint_every is a number of optimizer steps (an int, or digits in a string)."""
+        every = self.checkpoint_every
+        if isinstance(every, bool):
+            return None
+        if isinstance(every, str) and every.strip().isdigit():
+            every = int(every)
+        return every if isinstance(every, int) and every >= 1 else None
 
 
 def parse_days(spec: str | None, available: list[int]) -> list[int]:

@@ -2,8 +2,9 @@
 
 torch.save would pickle the optimizer's state dict; a checkpoint is loaded on restart and
 by `--resume`, so it holds tensors (safetensors) and plain JSON only. AdamW's state is the
-same on every DDP rank, so rank 0's copy restores them all. Random numbers need no state:
-each epoch reseeds from (seed, window, epoch, rank).
+same on every DDP rank, so rank 0's copy restores them all. The random stream needs no saved
+state: every batch reseeds from (seed, window, epoch, batch, rank), so a run resumed at
+any batch draws the masks and dropout it would have drawn.
 """
 from __future__ import annotations
 

@@ -6,10 +6,14 @@ fitted workflow, so that serving needs the run directory alone.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import logging
 import os
 import shutil
+import signal
+import threading
 from dataclasses import asdict
 
 from rayrec.files import atomic_directory
@@ -20,9 +24,12 @@ from rayrec.schema import Schema
 from rayrec.train.config import TrainConfig, parse_days
 from rayrec.train.data import day_dirs, load_items, split_path
 from rayrec.train.evaluate import item_counts, popularity_metric_sums
+from rayrec.train.reporting import PROGRESS
+from rayrec.train.tracking import Tracker, TrackerCallback
 from rayrec.metrics import finalize
 from rayrec.plot import plot_days
 
+STOPPED = "stopped.json"  # in a run directory that ended early: its configs and why
 REPORTED = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@20", "map@20", "precision@20")
 
 
@@ -38,12 +45,16 @@ def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: Tra
                  address: str | None = None, overwrite: bool = False, resume: str | None = None) -> dict:
     """Train day by day into the run directory `out`. With `resume` (a finished or
     stopped run's directory) training continues from that run's checkpoint: the days it
-    trained are kept, the remaining planned days are trained."""
-    from ray import LoggingConfig
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    trained are kept, a window it stopped inside goes on from the saved batch, the
+    remaining planned days are trained.
+
+    When training fails or is interrupted after a checkpoint, `out` is still written,
+    holding that checkpoint and stopped.json (no metrics.json), and TrainingStopped says
+    how to resume it."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from rayrec.train.loop import PROGRESS, train_loop_per_worker
+    from rayrec.train.loop import train_loop_per_worker
 
     data_dir = os.path.abspath(data_dir)
     schema = Schema.load(data_dir)
@@ -60,58 +71,133 @@ def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: Tra
             split_path(data_dir, day, "train")
         if eval_day is not None:
             split_path(data_dir, eval_day, train_cfg.eval_split)
+    config = {"model": asdict(model_cfg), "train": asdict(train_cfg), "data": data_dir}
 
+    stopped = None
     with atomic_directory(out, overwrite=overwrite) as tmp:
+        name = "rayrec-" + os.path.basename(tmp).lstrip(".")
+        storage = train_cfg.storage or os.path.join(tmp, "ray")
+        tracker = Tracker(train_cfg, os.path.join(tmp, "tensorboard"), os.path.basename(os.path.abspath(out)))
+        tracker.start(config)
         spec = {"model": asdict(model_cfg), "train": asdict(train_cfg), "data_dir": data_dir,
                 "item_col": item.name, "features": [asdict(f) for f in features], "days": days,
                 "scratch": os.path.join(tmp, "scratch"),
-                "resume_from": os.path.join(os.path.abspath(resume), "checkpoint") if resume else None}
+                "resume_from": os.path.join(os.path.abspath(resume), "checkpoint") if resume else None,
+                "local_tracker": tracker if train_cfg.workers == 0 and tracker.enabled else None}
         trainer = TorchTrainer(
             train_loop_per_worker, train_loop_config=spec,
             scaling_config=scaling(train_cfg),
             torch_config=TorchConfig(backend="nccl" if train_cfg.use_gpu else "gloo"),
-            run_config=RunConfig(name="rayrec-" + os.path.basename(tmp).lstrip("."),
-                                 storage_path=train_cfg.storage or os.path.join(tmp, "ray"),
+            run_config=RunConfig(name=name, storage_path=storage,
                                  failure_config=FailureConfig(max_failures=train_cfg.max_failures),
                                  checkpoint_config=CheckpointConfig(
                                      num_to_keep=train_cfg.keep_checkpoints,
                                      checkpoint_score_attribute=train_cfg.checkpoint_metric,
                                      checkpoint_score_order="max"),
+                                 callbacks=[TrackerCallback(tracker)] if tracker.enabled else None,
                                  logging_config=LoggingConfig(log_level="WARNING")),
         )
         if train_cfg.workers > 0:
             init_ray(address)
-        result = trainer.fit()
-        if result.checkpoint is None:
-            raise RuntimeError("training finished without a checkpoint")
-        final = os.path.join(tmp, "checkpoint")
-        with result.checkpoint.as_directory() as d:
-            shutil.copytree(d, final)
-        with open(os.path.join(final, PROGRESS)) as f:
-            history = json.load(f)["history"]
-        for name in ("scratch", "ray"):
-            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
-
-        metrics = summarize(history, data_dir, item.name, features[0].cardinality, features[0].first_code,
-                            model_cfg, train_cfg)
-        metrics["config"] = {"model": asdict(model_cfg), "train": asdict(train_cfg), "data": data_dir}
-        with open(os.path.join(tmp, "metrics.json"), "w") as f:
-            json.dump(metrics, f, indent=2)
-        write_csv(metrics, os.path.join(tmp, "metrics.csv"))
-        if metrics["average"]:
-            plot_days(metrics, os.path.join(tmp, "metrics.png"))
-        schema.save(tmp)
-        if os.path.isdir(os.path.join(data_dir, "workflow")):
-            shutil.copytree(os.path.join(data_dir, "workflow"), os.path.join(tmp, "workflow"))
+            # the controller collects one report per worker per poll (default every 2 s), which
+            # caps checkpoints at one per 2 s and stalls a run that reports more often
+            os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+        else:  # in-process: Ray logs every report at INFO, which would bury the progress lines
+            logging.getLogger("ray.train").setLevel(logging.WARNING)
+        try:
+            with own_sigint():
+                result = trainer.fit()
+            if result.error is not None:
+                raise result.error
+            if result.checkpoint is None:
+                raise RuntimeError("training finished without a checkpoint")
+        except (Exception, KeyboardInterrupt, SystemExit) as e:  # Ray's Ctrl-C handler aborts the run, then exits
+            tracker.finish([], status="FAILED" if isinstance(e, Exception) else "KILLED")
+            stopped = keep_stopped(tmp, storage, name, config, e)
+            if stopped is None:
+                raise
+        else:
+            metrics = finish_run(tmp, result, history_of(result), data_dir, item.name, features, model_cfg,
+                                 train_cfg, config, schema, tracker)
+    if stopped is not None:
+        raise TrainingStopped(f"training stopped ({stopped['reason']}); the last checkpoint ({stopped['at']}) is "
+                              f"kept in {out}: continue with `rayrec train --resume {out} --out NEW_RUN`") \
+            from stopped["error"]
     return metrics
 
 
+@contextlib.contextmanager
+def own_sigint():
+    """Ray Train installs a SIGINT handler (abort the controller) on every fit and leaves it
+    installed; put ours back afterwards so a later Ctrl-C is a KeyboardInterrupt again."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    finally:
+        if main and before is not None:
+            signal.signal(signal.SIGINT, before)
+
+
+class TrainingStopped(RuntimeError):
+    """Training ended early; the run directory holds its last checkpoint for --resume."""
+
+
+def history_of(result) -> list[dict]:
+    with result.checkpoint.as_directory() as d:
+        with open(os.path.join(d, PROGRESS)) as f:
+            return json.load(f)["history"]
+
+
+def finish_run(tmp: str, result, history: list[dict], data_dir: str, item_col: str, features, model_cfg,
+               train_cfg, config: dict, schema: Schema, tracker: Tracker) -> dict:
+    """The run directory of a finished run: checkpoint, metrics (JSON, CSV, PNG), schema, workflow."""
+    final = os.path.join(tmp, "checkpoint")
+    with result.checkpoint.as_directory() as d:
+        shutil.copytree(d, final)
+    for name in ("scratch", "ray"):
+        shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+    metrics = summarize(history, data_dir, item_col, features[0].cardinality, features[0].first_code,
+                        model_cfg, train_cfg)
+    metrics["config"] = config
+    with open(os.path.join(tmp, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    write_csv(metrics, os.path.join(tmp, "metrics.csv"))
+    if metrics["average"]:
+        plot_days(metrics, os.path.join(tmp, "metrics.png"))
+    schema.save(tmp)
+    if os.path.isdir(os.path.join(data_dir, "workflow")):
+        shutil.copytree(os.path.join(data_dir, "workflow"), os.path.join(tmp, "workflow"))
+    tracker.finish([os.path.join(tmp, n) for n in ("metrics.json", "metrics.csv", "metrics.png")])
+    return metrics
+
+
+def keep_stopped(tmp: str, storage: str, name: str, config: dict, error: BaseException) -> dict | None:
+    """Keep the newest checkpoint Ray persisted (in-process: the newest one written) and
+    the configs in the run directory being written, so that it can be resumed; None when
+    there is none to keep."""
+    from rayrec.train.stored import copy_latest_checkpoint
+
+    dest = os.path.join(tmp, "checkpoint")
+    at = copy_latest_checkpoint(storage, name, dest) if config["train"]["workers"] > 0 else \
+        copy_latest_checkpoint(tmp, "scratch", dest, prefix="day-")
+    if at is None:
+        return None
+    for sub in ("scratch", "ray"):
+        shutil.rmtree(os.path.join(tmp, sub), ignore_errors=True)
+    reason = f"{type(error).__name__}: {error}" if isinstance(error, Exception) else "interrupted"
+    with open(os.path.join(tmp, STOPPED), "w") as f:
+        json.dump({"config": config, "reason": reason[:2000], "checkpoint": at}, f, indent=2)
+    return {"reason": reason.splitlines()[0][:300], "at": at, "error": error}
+
+
 def resume_configs(run_dir: str) -> tuple[ModelConfig, TrainConfig, str]:
-    """A run's model and train configs and data directory, from its metrics.json."""
-    path = os.path.join(run_dir, "metrics.json")
-    if not os.path.exists(os.path.join(run_dir, "checkpoint", "model.json")) or not os.path.exists(path):
-        raise FileNotFoundError(f"{run_dir}: not a rayrec run directory (no checkpoint/ or metrics.json)")
-    with open(path) as f:
+    """A finished or stopped run's model and train configs and data directory."""
+    found = [p for p in (os.path.join(run_dir, n) for n in ("metrics.json", STOPPED)) if os.path.exists(p)]
+    if not os.path.exists(os.path.join(run_dir, "checkpoint", "model.json")) or not found:
+        raise FileNotFoundError(f"{run_dir}: not a rayrec run directory (no checkpoint/, or neither metrics.json "
+                                f"nor {STOPPED})")
+    with open(found[0]) as f:
         config = json.load(f)["config"]
     return ModelConfig(**config["model"]), TrainConfig(**config["train"]), config["data"]
 
