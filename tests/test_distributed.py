@@ -52,7 +52,7 @@ def kill_a_worker_mid_epoch(storage: str, killed: list, finished: threading.Even
     pattern = os.path.join(storage, "rayrec-*", "checkpoint_*", "progress.json")
     while not finished.is_set() and not glob.glob(pattern):
         time.sleep(0.02)
-    time.sleep(1.0)  # the controller collects reports every 0.5 s (rayrec sets it): let it register this one
+    time.sleep(1.0)  # the controller collects reports every 0.25 s (rayrec sets it): let it register this one
     for p in psutil.process_iter(["cmdline"]):
         if not finished.is_set() and "RayTrainWorker" in " ".join(p.info["cmdline"] or []):
             p.kill()

@@ -29,9 +29,6 @@ class Reporter:
         self.spec, self.rank, self.tcfg = spec, rank, tcfg
         self.local = tcfg.workers == 0  # Ray keeps no copy: the newest scratch directory is the checkpoint
         self.last: str | None = None
-        # A synchronous report waits for Ray's controller to collect it, which it does every
-        # 2 s: measured 1.6-1.8 s per report on 2 workers, against 9 ms asynchronously.
-        self.upload = {} if self.local else {"checkpoint_upload_mode": ray.train.CheckpointUploadMode.ASYNC}
 
     def partial(self, model: SessionModel, history: list[dict], partial: dict, optimizer, schedule) -> None:
         """A checkpoint inside a window: weights, optimizer, schedule and the position
@@ -63,7 +60,7 @@ class Reporter:
         """Every rank reports `metrics`; rank 0 attaches the loss curve and the checkpoint:
         weights, the history of finished windows and whatever `write_more(directory)` adds."""
         if self.rank != 0:
-            ray.train.report(metrics, checkpoint=None, **self.upload)
+            ray.train.report(metrics, checkpoint=None)
             return
         directory = os.path.join(self.spec["scratch"], name)
         save_model(model, directory, extra={"item_col": self.spec["item_col"]})
@@ -79,8 +76,13 @@ class Reporter:
             if self.last and self.last != directory:
                 shutil.rmtree(self.last, ignore_errors=True)
             self.last = directory
-        else:  # Ray copies it to storage in the background, then deletes it
-            ray.train.report(metrics, checkpoint=checkpoint, **self.upload)
+        else:
+            # Synchronous: the report returns once Ray's controller has collected it (it polls
+            # every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, which rayrec sets to 0.25 s). Uploading
+            # asynchronously returns at once, but reports made faster than the controller
+            # collects them pile up (each holding a checkpoint on local disk), and a worker
+            # lost mid-backlog leaves every persisted but unregistered one behind in storage.
+            ray.train.report(metrics, checkpoint=checkpoint, delete_local_checkpoint_after_upload=True)
         if self.spec.get("local_tracker") is not None:
             self.spec["local_tracker"].log(metrics)
 
