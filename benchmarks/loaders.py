@@ -60,7 +60,18 @@ def rayrec_worker(cfg: dict) -> None:
             take(data, rows[i:i + BATCH])
         epochs.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-    ray.train.report({"sessions": n, "epoch1_s": epochs[0], "epoch2_s": epochs[1]})
+    report_all(cfg, {"sessions": n, "epoch1_s": epochs[0], "epoch2_s": epochs[1]})
+
+
+def report_all(cfg: dict, mine: dict) -> None:
+    """Rank 0 writes every worker's figures to cfg["out"] (one machine: a local file)."""
+    import torch.distributed as dist
+
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, mine)
+    if dist.get_rank() == 0:
+        with open(cfg["out"], "w") as f:
+            json.dump(gathered, f)
 
 
 def ray_data_worker(cfg: dict) -> None:
@@ -74,7 +85,7 @@ def ray_data_worker(cfg: dict) -> None:
                                         local_shuffle_buffer_size=cfg["buffer"], local_shuffle_seed=epoch):
             n += len(padded(table, cfg["max_len"])["item_id-list"])
         epochs.append(time.perf_counter() - t0)
-    ray.train.report({"sessions": n, "epoch1_s": epochs[0], "epoch2_s": epochs[1]})
+    report_all(cfg, {"sessions": n, "epoch1_s": epochs[0], "epoch2_s": epochs[1]})
 
 
 def run(fn, cfg: dict, datasets: dict | None) -> dict:
@@ -82,18 +93,13 @@ def run(fn, cfg: dict, datasets: dict | None) -> dict:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    seen: list[dict] = []
-
-    from ray.train import UserCallback
-
-    class Collect(UserCallback):
-        def after_report(self, run_context, metrics, checkpoint):
-            seen.extend(metrics)
-
     with tempfile.TemporaryDirectory() as storage:
+        cfg = dict(cfg, out=os.path.join(storage, "figures.json"))
         TorchTrainer(fn, train_loop_config=cfg, datasets=datasets,
                      scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
-                     run_config=RunConfig(storage_path=storage, callbacks=[Collect()])).fit()
+                     run_config=RunConfig(storage_path=storage)).fit()
+        with open(cfg["out"]) as f:
+            seen = json.load(f)
     sessions = sum(m["sessions"] for m in seen)
     return {"sessions": sessions,
             **{f"epoch{e}_sessions_per_s": round(sessions / max(m[f"epoch{e}_s"] for m in seen), 1) for e in (1, 2)}}

@@ -50,9 +50,10 @@ def sessions(n: int, seed: int) -> pa.Table:
     })
 
 
-def write_dataset(work: str, n: int) -> tuple[str, str]:
+def write_dataset(work: str, n: int, catalogue: int = ITEMS) -> tuple[str, str]:
     """T4R's train/ and valid/ folders, and the same files as a rayrec dataset (day 1
-    trains, day 2's valid split evaluates) with its schema."""
+    trains, day 2's valid split evaluates) with its schema. `catalogue` sizes the item
+    vocabulary in the schema (the sessions use the first ITEMS codes)."""
     from rayrec.schema import CATEGORICAL, CONTINUOUS, ITEM_ID, LIST, ColumnSchema, Schema
 
     train, valid = sessions(n, 0), sessions(n // 10, 1)
@@ -63,37 +64,42 @@ def write_dataset(work: str, n: int) -> tuple[str, str]:
     for day, split, src in ((1, "train", "train"), (2, "valid", "valid"), (2, "train", "valid")):
         os.makedirs(os.path.join(data, str(day)), exist_ok=True)
         os.link(os.path.join(work, src, "part.parquet"), os.path.join(data, str(day), f"{split}.parquet"))
-    Schema([ColumnSchema("item_id-list", "int64", True, [ITEM_ID, CATEGORICAL, LIST], 1, MAX_LEN, 0, ITEMS - 1,
+    Schema([ColumnSchema("item_id-list", "int64", True, [ITEM_ID, CATEGORICAL, LIST], 1, MAX_LEN, 0, catalogue - 1,
                          {"first_code": 1}),
             ColumnSchema("category-list", "int64", True, [CATEGORICAL, LIST], 1, MAX_LEN, 0, CATS - 1),
             ColumnSchema("price-list", "float32", True, [CONTINUOUS, LIST], 1, MAX_LEN)]).save(data)
     return data, work
 
 
-def reference_model():
+def reference_model(**changes):
     """The reference config; input layer norm off and embeddings initialised at std 0.05
     (measured best for one epoch here)."""
+    import dataclasses
+
     from rayrec.models.config import ModelConfig
 
-    return ModelConfig(arch="xlnet", masking="mlm", d_model=64, n_layer=2, n_head=4, max_len=MAX_LEN, dropout=0.3,
-                       mlm_probability=0.15, features=["category-list", "price-list"], embedding_dim=64,
-                       aggregation="concat", continuous="projection", continuous_projection=[64],
-                       layer_norm=False, embedding_init_std=0.05)
+    reference = ModelConfig(arch="xlnet", masking="mlm", d_model=64, n_layer=2, n_head=4, max_len=MAX_LEN,
+                            dropout=0.3, mlm_probability=0.15, features=["category-list", "price-list"],
+                            embedding_dim=64, aggregation="concat", continuous="projection",
+                            continuous_projection=[64], layer_norm=False, embedding_init_std=0.05)
+    return dataclasses.replace(reference, **changes)
 
 
-def rayrec_run(data: str, out: str, threads: int, lr: float, workers: int = 0) -> dict:
+def rayrec_run(data: str, out: str, threads: int, lr: float, workers: int = 0, model=None, **train) -> dict:
     from rayrec.train.config import TrainConfig
     from rayrec.train.trainer import run_training
 
-    model = reference_model()
+    model = model or reference_model()
     # the HF Trainer's clipping at 1.0 without weight decay: measured best for one epoch here
     train = TrainConfig(workers=workers, threads_per_worker=max(1, threads // max(1, workers)), epochs=1,
                         placement="spread",
                         batch_size=256 // max(1, workers), lr=lr, grad_clip=1.0, weight_decay=0.0,
-                        train_days="1:1", eval_split="valid", seed=0)
+                        train_days="1:1", eval_split="valid", seed=0, **train)
     day = run_training(data, out, model, train)["days"][0]
     return {"sequences_per_s": day["sequences_per_s"], "train_seconds": day["train_seconds"],
-            "ndcg@20": day["ndcg@20"], "recall@20": day["recall@20"], "train_loss": day["train_loss"]}
+            "ndcg@20": day["ndcg@20"], "recall@20": day["recall@20"], "train_loss": day["train_loss"],
+            **({"sparse_sync_mib_per_step": day["sparse_sync_mib_per_step"]}
+               if "sparse_sync_mib_per_step" in day else {})}
 
 
 def loader_rate(data: str, threads: int) -> dict:

@@ -32,6 +32,8 @@ class TrainConfig:
     grad_accum: int = 1            # micro-batches per optimizer step
     window_days: int = 1           # days per training window (train on a window, evaluate on the next day)
     precision: str = "fp32"        # fp32 | bf16 (autocast, CPU or GPU) | fp16 (GPU, with a grad scaler)
+    embedding_sync: str = "auto"   # dense | sparse | auto: catalogue-sized gradients across ranks as touched
+                                   # rows (sparse) or DDP's dense all-reduce; auto = sparse under sampled softmax
     tensorboard: bool = False      # TensorBoard event files in RUN/tensorboard
     mlflow: str | None = None      # MLflow file store (a directory or file:// URI) to log params and metrics to
     mlflow_experiment: str = "rayrec"
@@ -51,6 +53,8 @@ class TrainConfig:
         if self.checkpoint_every not in ("window", "epoch") and self.checkpoint_steps is None:
             raise ValueError("train.checkpoint_every must be window, epoch or a number of optimizer steps >= 1; "
                              f"got {self.checkpoint_every!r}")
+        if self.embedding_sync not in ("auto", "dense", "sparse"):
+            raise ValueError(f"train.embedding_sync must be auto, dense or sparse; got {self.embedding_sync!r}")
         if self.log_every < 1:
             raise ValueError("train.log_every must be >= 1")
         if self.window_days < 1:

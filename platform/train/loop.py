@@ -29,6 +29,7 @@ from rayrec.train.allocator import keep_freed_memory
 from rayrec.train.config import TrainConfig
 from rayrec.train.data import load_batch, shard_rows, split_path
 from rayrec.train.progress import Progress
+from rayrec.train.sparse_sync import SparseRowSync, broadcast_from_rank0, catalogue_parameters, exclude_from_ddp
 from rayrec.train.reporting import PROGRESS, Reporter, all_reduce_sums, replica_check
 from rayrec.train.state import apply_train_state, read_train_state
 from rayrec.train.optim import autocast, grad_scaler, make_optimizer, make_schedule
@@ -72,8 +73,16 @@ def train_loop_per_worker(spec: dict) -> None:
     if planned[:start] != trained:
         raise ValueError(f"the checkpoint has trained days {trained}, which do not begin the planned days {planned}")
     device = ray.train.torch.get_device() if tcfg.use_gpu else torch.device("cpu")
+    sparse = catalogue_parameters(model, features[0].cardinality) if world > 1 and (
+        tcfg.embedding_sync == "sparse" or (tcfg.embedding_sync == "auto" and mcfg.loss == "sampled")) else {}
+    if sparse:
+        exclude_from_ddp(model, list(sparse))
     model = ray.train.torch.prepare_model(model) if world > 1 else model.to(device)
     core: SessionModel = model.module if hasattr(model, "module") else model
+    row_sync = None
+    if sparse:
+        broadcast_from_rank0(list(sparse.values()))
+        row_sync = SparseRowSync(list(sparse.values()))
     global_step = history[-1].get("global_step", 0) if history else 0
 
     for step, (window, eval_day) in enumerate(spec["days"]):
@@ -87,7 +96,8 @@ def train_loop_per_worker(spec: dict) -> None:
 
         resume = state if state and state["partial"]["window"] == train_day else None
         train = train_one_day(model, tcfg, data, rank, world, train_day, device, resume,
-                              save_partial if tcfg.checkpoint_every != "window" else None, first_step=global_step)
+                              save_partial if tcfg.checkpoint_every != "window" else None, first_step=global_step,
+                              row_sync=row_sync)
         state = None
         global_step = train["global_step"]
         record = {"train_day": train_day, "window": window, "eval_day": eval_day, "attempt": attempt, **train}
@@ -130,12 +140,13 @@ def restore(model: torch.nn.Module, directory: str) -> tuple[list[dict], dict | 
 
 def train_one_day(model, tcfg: TrainConfig, data: Batch, rank: int, world: int, day: int,
                   device: torch.device = torch.device("cpu"), resume: dict | None = None,
-                  save_partial=None, first_step: int = 0) -> dict:
+                  save_partial=None, first_step: int = 0, row_sync=None) -> dict:
     """Epochs over this worker's shard: fresh AdamW and schedule (or, with `resume`, the
     saved ones, from the saved position: epoch and batch), optional autocast, gradient
     accumulation (without DDP syncs on the inner micro-batches) and clipping.
     `save_partial(partial, optimizer, schedule)` runs at every checkpoint inside the
-    window (after each epoch but the last, or every N optimizer steps)."""
+    window (after each epoch but the last, or every N optimizer steps). `row_sync` (the
+    catalogue tables' sparse gradient exchange) runs after the last micro-batch's backward."""
     optimizer = make_optimizer(model, tcfg)
     n = len(next(iter(data.values())))
     micro = -(-n // tcfg.batch_size)  # micro-batches per epoch on this worker's shard
@@ -176,6 +187,8 @@ def train_one_day(model, tcfg: TrainConfig, data: Batch, rank: int, world: int, 
                     loss = model(batch)
                 scaler.scale(loss / tcfg.grad_accum).backward()
             if last_micro:
+                if row_sync is not None:
+                    row_sync()
                 if tcfg.grad_clip:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
@@ -197,7 +210,8 @@ def train_one_day(model, tcfg: TrainConfig, data: Batch, rank: int, world: int, 
             "first_loss": losses[0] if losses else float("nan"),
             "train_sequences": seen * world, "train_seconds": round(seconds, 3),
             "sequences_per_s": round(seen * world / seconds, 1) if seconds > 0 else 0.0,
-            "global_step": first_step + len(losses), "curve": progress.take_curve()}
+            "global_step": first_step + len(losses), "curve": progress.take_curve(),
+            **({"sparse_sync_mib_per_step": round(row_sync.bytes_per_step() / 2**20, 3)} if row_sync else {})}
 
 
 def on_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
