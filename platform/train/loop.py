@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import ray.train
@@ -175,11 +176,11 @@ def train_one_day(model, tcfg: TrainConfig, data: Batch, rank: int, world: int, 
 
     for epoch in range(first_epoch, tcfg.epochs):
         rows = shard_rows(n, rank, world, seed=tcfg.seed * 7919 + day * 101 + epoch)
-        for j in range(first_micro if epoch == first_epoch else 0, micro):
+        for j, batch in prefetched(data, rows, tcfg.batch_size, first_micro if epoch == first_epoch else 0, micro,
+                                   device):
             # masks and dropout: a function of the position, so a resumed run draws what it would have
             torch.manual_seed(int(np.random.SeedSequence([tcfg.seed, day, epoch, j, rank]).generate_state(1)[0]))
             picked = rows[j * tcfg.batch_size:(j + 1) * tcfg.batch_size]
-            batch = on_device(to_tensors(take(data, picked)), device)
             last_micro = (j + 1) % tcfg.grad_accum == 0 or j == micro - 1
             sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
             with sync:
@@ -214,8 +215,16 @@ def train_one_day(model, tcfg: TrainConfig, data: Batch, rank: int, world: int, 
             **({"sparse_sync_mib_per_step": round(row_sync.bytes_per_step() / 2**20, 3)} if row_sync else {})}
 
 
-def on_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """CPU tensors as they are; for a GPU, pinned and copied without blocking."""
-    if device.type == "cpu":
-        return batch
-    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+def prefetched(data: Batch, rows: np.ndarray, size: int, first: int, stop: int, device: torch.device):
+    """(j, batch j) for j in [first, stop): batch j + 1 is cut from the shard (and pinned,
+    for a GPU) in a background thread while step j runs; GPU copies do not block."""
+    def cut(j: int) -> dict[str, torch.Tensor]:
+        batch = to_tensors(take(data, rows[j * size:(j + 1) * size]))
+        return batch if device.type == "cpu" else {k: v.pin_memory() for k, v in batch.items()}
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ahead = pool.submit(cut, first) if first < stop else None
+        for j in range(first, stop):
+            batch = ahead.result()
+            ahead = pool.submit(cut, j + 1) if j + 1 < stop else None
+            yield j, batch if device.type == "cpu" else {k: v.to(device, non_blocking=True) for k, v in batch.items()}
