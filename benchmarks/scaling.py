@@ -40,14 +40,15 @@ def main() -> None:
     import train as bench
     from rayrec.models.features import FeatureSpec
     from rayrec.models.session_model import SessionModel
+    from rayrec.train.sparse_sync import catalogue_parameters, dense_bytes
 
     model = bench.reference_model(loss=a.loss, sampled_negatives=a.negatives)
     # what DDP all-reduces each step: every trainable parameter's gradient, dense fp32
     m = SessionModel(model, [FeatureSpec("item_id-list", "categorical", True, a.catalogue, "item_id-list", 64, 1),
                              FeatureSpec("category-list", "categorical", True, bench.CATS, "category-list", 64, 1),
                              FeatureSpec("price-list", "continuous", True)])
-    grad_bytes = sum(q.numel() for q in m.parameters() if q.requires_grad) * 4
-    catalogue_bytes = sum(q.numel() for q in m.parameters() if q.requires_grad and q.shape[0] == a.catalogue) * 4
+    grad_bytes = dense_bytes([q for q in m.parameters() if q.requires_grad])
+    catalogue_bytes = dense_bytes(list(catalogue_parameters(m, a.catalogue).values()))
     del m
     runs = [(1, "dense"), (2, "dense")] + ([(2, "sparse")] if a.loss == "sampled" else [])
 

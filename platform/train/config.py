@@ -66,6 +66,10 @@ class TrainConfig:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("train.epochs and train.batch_size must be >= 1")
 
+    def sparse_embedding_sync(self, loss: str) -> bool:
+        """Exchange catalogue tables' gradients as rows: asked for, or `auto` under sampled softmax."""
+        return self.embedding_sync == "sparse" or (self.embedding_sync == "auto" and loss == "sampled")
+
     @property
     def checkpoint_steps(self) -> int | None:
         """N when checkpoint_every is a number of optimizer steps (an int, or digits in a string)."""

@@ -32,7 +32,7 @@ from rayrec.train.data import load_batch, shard_rows, split_path
 from rayrec.train.progress import Progress
 from rayrec.train.sparse_sync import SparseRowSync, broadcast_from_rank0, catalogue_parameters, exclude_from_ddp
 from rayrec.train.reporting import PROGRESS, Reporter, all_reduce_sums, replica_check
-from rayrec.train.state import apply_train_state, read_train_state
+from rayrec.train.state import apply_train_state, position_text, read_train_state
 from rayrec.train.optim import autocast, grad_scaler, make_optimizer, make_schedule
 from rayrec.train.evaluate import model_metric_sums
 
@@ -74,8 +74,8 @@ def train_loop_per_worker(spec: dict) -> None:
     if planned[:start] != trained:
         raise ValueError(f"the checkpoint has trained days {trained}, which do not begin the planned days {planned}")
     device = ray.train.torch.get_device() if tcfg.use_gpu else torch.device("cpu")
-    sparse = catalogue_parameters(model, features[0].cardinality) if world > 1 and (
-        tcfg.embedding_sync == "sparse" or (tcfg.embedding_sync == "auto" and mcfg.loss == "sampled")) else {}
+    sparse = catalogue_parameters(model, features[0].cardinality) \
+        if world > 1 and tcfg.sparse_embedding_sync(mcfg.loss) else {}
     if sparse:
         exclude_from_ddp(model, list(sparse))
     model = ray.train.torch.prepare_model(model) if world > 1 else model.to(device)
@@ -124,10 +124,7 @@ def quiet_report_log() -> None:
 
 
 def where(state: dict | None) -> str:
-    if not state:
-        return ""
-    p = state["partial"]
-    return f", day {p['window']} from epoch {p['epochs_done'] + 1} batch {p.get('micro_done', 0) + 1}"
+    return f", resuming at {position_text(state['partial'])}" if state else ""
 
 
 def restore(model: torch.nn.Module, directory: str) -> tuple[list[dict], dict | None]:

@@ -50,3 +50,8 @@ def apply_train_state(state: dict, optimizer: torch.optim.Optimizer, schedule) -
     groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else g for g in state["param_groups"]]
     optimizer.load_state_dict({"state": per_param, "param_groups": groups})
     schedule.load_state_dict(state["schedule"])
+
+
+def position_text(partial: dict) -> str:
+    """Where a checkpoint inside a window resumes, for messages and stopped.json."""
+    return f"day {partial['window']}, epoch {partial['epochs_done'] + 1}, batch {partial.get('micro_done', 0) + 1}"

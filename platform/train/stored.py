@@ -8,7 +8,7 @@ import os
 import pyarrow.fs as pafs
 
 from rayrec.train.reporting import PROGRESS
-from rayrec.train.state import META, TENSORS
+from rayrec.train.state import META, TENSORS, position_text
 
 REQUIRED = ("model.json", "model.safetensors", PROGRESS)
 
@@ -51,5 +51,5 @@ def copy_latest_checkpoint(storage: str, name: str, dest: str, prefix: str = "ch
     if os.path.exists(os.path.join(dest, META)):
         with open(os.path.join(dest, META)) as f:
             p = json.load(f)["partial"]
-        return f"day {p['window']}, epoch {p['epochs_done'] + 1}, batch {p.get('micro_done', 0) + 1}"
+        return position_text(p)
     return f"after day {history[-1]['train_day']}" if history else "before the first day"

@@ -12,6 +12,7 @@ the issue asks for exactly that store, and it needs no database.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from ray.train import UserCallback
@@ -94,8 +95,6 @@ class Tracker:
                 self._writer.add_scalar(key, value, step)
             self._writer.flush()
         if self.mlflow and self.run_id:
-            import time
-
             from mlflow.entities import Metric
 
             now = int(time.time() * 1000)
