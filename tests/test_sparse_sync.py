@@ -1,6 +1,5 @@
 """Sparse exchange of catalogue-sized gradients: the same sums as DDP's dense all-reduce,
 on a real two-process gloo group, and in a real two-worker Ray Train run."""
-import os
 
 import numpy as np
 import pytest
