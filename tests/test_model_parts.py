@@ -10,7 +10,8 @@ import torch
 from model_data import N_ITEMS, model, schema, sessions, tensors, train
 from rayrec.models.config import ModelConfig
 from rayrec.models.features import resolve_features, swap_noise
-from rayrec.models.heads import NextItemHead, log_uniform, smoothed_cross_entropy
+from rayrec.models.heads import NextItemHead, log_uniform
+from rayrec.models.losses import smoothed_cross_entropy
 
 
 @pytest.mark.parametrize("aggregation", ["concat", "elementwise-sum", "elementwise-sum-item-multi"])

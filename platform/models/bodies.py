@@ -21,6 +21,7 @@ from torch import nn
 
 from rayrec.models.config import ModelConfig
 from rayrec.models.dropout import use_fast_dropout
+from rayrec.models.xlnet_fast import use_fast_xlnet
 
 CAUSAL_NATIVE, CAUSAL_DECODER, CAUSAL_MASK4D, CAUSAL_PERM = "native", "is_decoder", "mask4d", "perm_mask"
 
@@ -117,7 +118,7 @@ def _build_hf(cfg: ModelConfig) -> HFBody:
         raise ValueError(f"model.arch {cfg.arch!r} is neither gru/lstm nor a transformers model type") from None
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        body = HFBody(AutoModel.from_config(AutoConfig.for_model(cfg.arch, **settings)), cfg, None)
+        body = HFBody(use_fast_xlnet(AutoModel.from_config(AutoConfig.for_model(cfg.arch, **settings))), cfg, None)
         if is_causal(body, cfg):
             body.causal_by = CAUSAL_NATIVE
             return body

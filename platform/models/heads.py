@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rayrec.models.config import HeadConfig, ModelConfig
+from rayrec.models.losses import linear_cross_entropy, smoothed_cross_entropy
 
 NEG = float("-inf")
 
@@ -36,11 +37,15 @@ class NextItemHead(nn.Module):
 
     def scores(self, hidden: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Logits of codes [start, stop) for hidden states [N, d_model]."""
+        return F.linear(*self.linear_parts(hidden, start, stop))
+
+    def linear_parts(self, hidden: torch.Tensor, start: int = 0, stop: int | None = None):
+        """(h, w, b) with logits = h @ w.T + b; the temperature is folded into h and b, not
+        applied to the logits, the step's largest tensor."""
         w, b = self.item_weight()[start:stop], self.bias[start:stop]
         t = self.cfg.temperature
-        if t == 1:  # the logits are the step's largest tensor: no extra pass over them
-            return F.linear(self.project(hidden), w, b)
-        return F.linear(self.project(hidden) / t, w, b / t)
+        h = self.project(hidden)
+        return (h, w, b) if t == 1 else (h / t, w, b / t)
 
     def full_scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, n_items], -inf at codes below first_item."""
@@ -50,9 +55,9 @@ class NextItemHead(nn.Module):
     def loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.cfg.loss == "sampled":
             logits, labels = self.sampled_logits(hidden, targets)
-        else:
-            logits, labels = self.scores(hidden, self.first), targets - self.first
-        return smoothed_cross_entropy(logits, labels, self.cfg.label_smoothing)
+            return smoothed_cross_entropy(logits, labels, self.cfg.label_smoothing)
+        return linear_cross_entropy(*self.linear_parts(hidden, self.first), targets - self.first,
+                                    self.cfg.label_smoothing)
 
     def sampled_logits(self, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Candidates: the batch's targets (row i's positive is column i) and/or K
@@ -141,58 +146,6 @@ def log_uniform(k: int, size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     r = (torch.exp(u * math.log(size + 1)) - 1).floor().long().clamp(max=size - 1)
     p = torch.log((r + 2.0) / (r + 1.0)) / math.log(size + 1)
     return r, p.float()
-
-
-class LogitsCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of [N, C] logits, label smoothing spread over the finite
-    (candidate) columns. Memory-lean on purpose: the forward makes one logsumexp pass and
-    keeps no probabilities; the backward turns the logits buffer itself into the
-    gradient (softmax - target), in place. That buffer is the output of the output-layer
-    matmul, whose backward does not need it, and nothing else holds it."""
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
-        # by blocks of rows: logsumexp's temporaries then stay small and in cache
-        lse = torch.cat([torch.logsumexp(block, 1) for block in logits.split(32)])
-        picked = logits.gather(1, labels[:, None]).squeeze(1)
-        loss = lse - picked
-        count = None
-        if smoothing:
-            finite = torch.isfinite(logits)
-            count = finite.sum(1)
-            mean_logit = torch.where(finite, logits, 0.0).sum(1) / count
-            loss = (1 - smoothing) * loss + smoothing * (lse - mean_logit)
-        ctx.logits, ctx.smoothing = logits, smoothing
-        ctx.save_for_backward(lse, labels, count if count is not None else lse)
-        return loss.mean()
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        lse, labels, count = ctx.saved_tensors
-        finite = torch.isfinite(ctx.logits) if ctx.smoothing else None
-        g = ctx.logits.sub_(lse[:, None]).exp_()  # softmax, in the logits' own memory
-        rows = torch.arange(len(labels), device=g.device)
-        if ctx.smoothing:
-            g.sub_(finite * (ctx.smoothing / count[:, None]))
-        g[rows, labels] -= 1 - ctx.smoothing
-        g.mul_(grad / len(labels))
-        ctx.logits = None
-        return g, None, None
-
-
-def smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
-    """Cross-entropy whose smoothing mass goes to the finite (candidate) columns only."""
-    if logits.dtype != torch.float32:  # autocast: the softmax statistics in fp32
-        logits = logits.float()
-    if logits.requires_grad and logits.grad_fn is not None:
-        return LogitsCrossEntropy.apply(logits, labels, smoothing)
-    logp = torch.log_softmax(logits, -1)
-    finite = torch.isfinite(logits)
-    nll = -logp.gather(1, labels[:, None]).squeeze(1)
-    if not smoothing:
-        return nll.mean()
-    uniform = -(logp.masked_fill(~finite, 0.0).sum(1) / finite.sum(1))
-    return ((1 - smoothing) * nll + smoothing * uniform).mean()
 
 
 def summarize(hidden: torch.Tensor, attend: torch.Tensor, how: str) -> torch.Tensor:

@@ -1,0 +1,125 @@
+"""Cross-entropy over the catalogue, lean in memory passes.
+
+The [targets, catalogue] logits are a training step's largest tensor (484 x 20,000 fp32 =
+39 MB on the reference config), so every pass over them costs about as much as a small
+matmul. Both functions here make the forward's softmax statistics in cache-sized blocks
+of rows, and leave exp(x - rowmax) in the logits' own memory: the backward then scales it
+into softmax - target in a single pass. `linear_cross_entropy` also writes each block of
+logits with its bias in cache, so the full softmax never runs a bias copy or a separate
+max/sub/exp pass over the whole buffer.
+
+The logits buffer is overwritten: it must be a fresh tensor that only the loss reads (the
+output layer's matmul output is; that matmul's backward does not need it).
+"""
+from __future__ import annotations
+
+import torch
+
+BLOCK_BYTES = 4 << 20  # blocks of logits rows small enough to stay in cache (measured: 4 MB beat 1 MB)
+
+
+def block_rows(width: int) -> int:
+    return max(8, BLOCK_BYTES // (4 * max(width, 1)))
+
+
+def exp_in_place(block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows -> exp(x - rowmax) in place; returns (logsumexp, 1 / sum) per row."""
+    m = block.amax(1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    s = block.sub_(m).exp_().sum(1)
+    return m.squeeze(1) + s.log(), s.reciprocal()
+
+
+class LogitsCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of given [N, C] logits; smoothing spread over finite columns."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
+        picked = logits.gather(1, labels[:, None]).squeeze(1)
+        finite = count = mean_logit = None
+        if smoothing:
+            finite = torch.isfinite(logits)
+            count = finite.sum(1)
+            mean_logit = torch.where(finite, logits, 0.0).sum(1) / count
+        stats = [exp_in_place(b) for b in logits.split(block_rows(logits.shape[1]))]
+        lse, inv = torch.cat([s[0] for s in stats]), torch.cat([s[1] for s in stats])
+        ctx.buffer, ctx.smoothing, ctx.finite = logits, smoothing, finite
+        ctx.save_for_backward(inv, labels, count if count is not None else inv)
+        return mean_loss(lse, picked, smoothing, mean_logit)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        inv, labels, count = ctx.saved_tensors
+        scale = grad / len(labels)
+        g = ctx.buffer.mul_((inv * scale)[:, None])
+        if ctx.smoothing:
+            g.sub_(ctx.finite * (ctx.smoothing * scale / count)[:, None])
+        g[torch.arange(len(labels), device=g.device), labels] -= (1 - ctx.smoothing) * scale
+        ctx.buffer = ctx.finite = None
+        return g, None, None
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of h @ w.T + b, the logits made and reduced block by block."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, labels: torch.Tensor,
+                smoothing: float) -> torch.Tensor:
+        c = len(w)
+        logits = h @ w.t()  # one matmul: row blocks of it would each re-read all of w
+        picked, total, stats = [], [], []
+        for block, y in zip(logits.split(block_rows(c)), labels.split(block_rows(c))):
+            block.add_(b)
+            picked.append(block.gather(1, y[:, None]).squeeze(1))
+            if smoothing:
+                total.append(block.sum(1))
+            stats.append(exp_in_place(block))
+        lse, inv = torch.cat([s[0] for s in stats]), torch.cat([s[1] for s in stats])
+        ctx.buffer, ctx.smoothing = logits, smoothing
+        ctx.save_for_backward(h, w, inv, labels)
+        return mean_loss(lse, torch.cat(picked), smoothing, torch.cat(total) / c if smoothing else None)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        h, w, inv, labels = ctx.saved_tensors
+        scale = grad / len(labels)
+        g = ctx.buffer.mul_((inv * scale)[:, None])
+        if ctx.smoothing:
+            g.sub_(ctx.smoothing * scale / len(w))
+        g[torch.arange(len(labels), device=g.device), labels] -= (1 - ctx.smoothing) * scale
+        ctx.buffer = None
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        return (g @ w if need_h else None, g.t() @ h if need_w else None, g.sum(0) if need_b else None,
+                None, None)
+
+
+def mean_loss(lse, picked, smoothing: float, mean_logit) -> torch.Tensor:
+    loss = lse - picked
+    if smoothing:
+        loss = (1 - smoothing) * loss + smoothing * (lse - mean_logit)
+    return loss.mean()
+
+
+def linear_cross_entropy(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, labels: torch.Tensor,
+                         smoothing: float) -> torch.Tensor:
+    """cross-entropy(h @ w.T + b, labels): fused for fp32 training, plain otherwise."""
+    fused = (torch.is_grad_enabled() and h.dtype == w.dtype == b.dtype == torch.float32
+             and not torch.is_autocast_enabled(h.device.type) and (h.requires_grad or w.requires_grad))
+    if fused:
+        return LinearCrossEntropy.apply(h, w, b, labels, smoothing)
+    return smoothed_cross_entropy(torch.nn.functional.linear(h, w, b), labels, smoothing)
+
+
+def smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Cross-entropy whose smoothing mass goes to the finite (candidate) columns only."""
+    if logits.dtype in (torch.float16, torch.bfloat16):  # autocast: the softmax statistics in fp32
+        logits = logits.float()
+    if logits.requires_grad and logits.grad_fn is not None:
+        return LogitsCrossEntropy.apply(logits, labels, smoothing)
+    logp = torch.log_softmax(logits, -1)
+    finite = torch.isfinite(logits)
+    nll = -logp.gather(1, labels[:, None]).squeeze(1)
+    if not smoothing:
+        return nll.mean()
+    uniform = -(logp.masked_fill(~finite, 0.0).sum(1) / finite.sum(1))
+    return ((1 - smoothing) * nll + smoothing * uniform).mean()
