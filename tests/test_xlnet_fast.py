@@ -119,3 +119,18 @@ def test_bf16_autocast_stays_close_to_hf():
             outs.append(m(inputs_embeds=x, attention_mask=attend).last_hidden_state.float())
     assert torch.allclose(outs[0], outs[1], atol=0.1)
     assert (outs[0] - outs[1]).abs().mean() < 0.02
+
+
+def test_fp32_training_without_dropout_takes_fused_attention_and_keeps_position_gradients():
+    """With no dropout to draw, training runs torch's fused attention in fp32, whose
+    backward must still carry the gradient of the position scores (its additive mask)."""
+    hf, fast = pair(dtype=torch.float32)
+    x, attend = inputs(torch.float32)
+    for m in (hf, fast):
+        m.train()
+        m(inputs_embeds=x, attention_mask=attend).last_hidden_state.square().sum().backward()
+    for name, p in hf.named_parameters():
+        q = dict(fast.named_parameters())[name]
+        if p.grad is not None:
+            assert q.grad.abs().max() > 0 or p.grad.abs().max() == 0, name
+            assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-5 * p.grad.abs().max()), name
