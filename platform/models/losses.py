@@ -51,10 +51,8 @@ class LogitsCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         inv, labels, count = ctx.saved_tensors
         scale = grad / len(labels)
-        g = ctx.buffer.mul_((inv * scale)[:, None])
-        if ctx.smoothing:
-            g.sub_(ctx.finite * (ctx.smoothing * scale / count)[:, None])
-        g[torch.arange(len(labels), device=g.device), labels] -= (1 - ctx.smoothing) * scale
+        spread = ctx.finite * (ctx.smoothing * scale / count)[:, None] if ctx.smoothing else None
+        g = softmax_minus_target(ctx.buffer, inv, labels, scale, ctx.smoothing, spread)
         ctx.buffer = ctx.finite = None
         return g, None, None
 
@@ -83,14 +81,22 @@ class LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         h, w, inv, labels = ctx.saved_tensors
         scale = grad / len(labels)
-        g = ctx.buffer.mul_((inv * scale)[:, None])
-        if ctx.smoothing:
-            g.sub_(ctx.smoothing * scale / len(w))
-        g[torch.arange(len(labels), device=g.device), labels] -= (1 - ctx.smoothing) * scale
+        g = softmax_minus_target(ctx.buffer, inv, labels, scale, ctx.smoothing, ctx.smoothing * scale / len(w))
         ctx.buffer = None
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         return (g @ w if need_h else None, g.t() @ h if need_w else None, g.sum(0) if need_b else None,
                 None, None)
+
+
+def softmax_minus_target(numerators: torch.Tensor, inv: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor,
+                         smoothing: float, spread) -> torch.Tensor:
+    """The loss gradient, in the buffer of exp(x - rowmax): scale * (softmax - smoothed
+    target), where `spread` is the smoothing mass per column, already times scale."""
+    g = numerators.mul_((inv * scale)[:, None])
+    if smoothing:
+        g.sub_(spread)
+    g[torch.arange(len(labels), device=g.device), labels] -= (1 - smoothing) * scale
+    return g
 
 
 def mean_loss(lse, picked, smoothing: float, mean_logit) -> torch.Tensor:
