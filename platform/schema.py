@@ -13,6 +13,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from rayrec.storage import display, locate
+
 # Tags understood across rayrec (Merlin spells item_id as the pair item + id).
 ITEM_ID, SESSION_ID, CATEGORICAL, CONTINUOUS, LIST, TIME = (
     "item_id", "session_id", "categorical", "continuous", "list", "time")
@@ -79,28 +81,25 @@ class Schema:
 
     # --- files -------------------------------------------------------------------------
     def save(self, directory: str) -> None:
-        """Write schema.json and schema.pbtxt side by side."""
-        _write_text(os.path.join(directory, "schema.json"), self.to_json())
-        _write_text(os.path.join(directory, "schema.pbtxt"), self.to_pbtxt())
+        """Write schema.json and schema.pbtxt side by side (a directory path or URI)."""
+        root = locate(directory)
+        root.child("schema.json").write_bytes(self.to_json().encode())
+        root.child("schema.pbtxt").write_bytes(self.to_pbtxt().encode())
 
     @classmethod
     def load(cls, path: str) -> "Schema":
-        """Load a schema file, or the schema in a directory (JSON preferred over pbtxt)."""
-        if os.path.isdir(path):
+        """Load a schema file, or the schema in a directory (JSON preferred over pbtxt);
+        a path or a URI."""
+        loc = locate(path)
+        if loc.is_dir():
             for name in ("schema.json", "schema.pbtxt"):
-                if os.path.exists(os.path.join(path, name)):
-                    return cls.load(os.path.join(path, name))
-            raise FileNotFoundError(f"{path}: no schema.json or schema.pbtxt in this directory")
-        with open(path) as f:
-            text = f.read()
-        return cls.from_json(text) if path.endswith(".json") else cls.from_pbtxt(text)
-
-
-def _write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+                if loc.child(name).is_file():
+                    return cls.load(loc.child(name).uri)
+            raise FileNotFoundError(f"{display(path)}: no schema.json or schema.pbtxt in this directory")
+        if not loc.is_file():
+            raise FileNotFoundError(f"{display(path)}: no such schema file or directory")
+        text = loc.read_bytes().decode()
+        return cls.from_json(text) if display(path).endswith(".json") else cls.from_pbtxt(text)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Where the ETL runs: a local Dask cluster sized to the machine, an existing scheduler,
-or dask-cuda workers with cuDF as Dask's dataframe backend (`--device gpu`).
+Dask hosted on a Ray cluster (`--address`, or RAY_ADDRESS as inside a Ray job; see
+dask_on_ray.py), or dask-cuda workers with cuDF as Dask's dataframe backend (`--device gpu`).
 
 The local cluster is one process with a thread per core: the ops spend their time in
 numpy and pyarrow kernels that release the GIL, and threads start in a fraction of the
@@ -29,8 +30,11 @@ def check_gpu() -> None:
 
 
 @contextlib.contextmanager
-def dask_client(scheduler: str | None = None, device: str = "cpu", workers: int | None = None):
-    """A distributed Client for the run; a cluster started here is closed on exit."""
+def dask_client(scheduler: str | None = None, device: str = "cpu", workers: int | None = None,
+                address: str | None = None):
+    """A distributed Client for the run; a cluster started here is closed on exit. An
+    explicit Dask `scheduler` wins; else a Ray `address` (or RAY_ADDRESS) hosts Dask on
+    that Ray cluster; else a local cluster."""
     import dask
     from distributed import Client, LocalCluster
 
@@ -47,6 +51,12 @@ def dask_client(scheduler: str | None = None, device: str = "cpu", workers: int 
         return
     if scheduler:
         with Client(scheduler) as client:
+            yield client
+        return
+    if address or os.environ.get("RAY_ADDRESS"):
+        from rayrec.etl.dask_on_ray import dask_on_ray
+
+        with dask.config.set({"logging.distributed": "error"}), dask_on_ray(address) as client:
             yield client
         return
     n = workers or os.cpu_count() or 1

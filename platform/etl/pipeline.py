@@ -8,16 +8,15 @@
 3. Transform: each bucket goes through the fitted ops and is written per day.
 4. Combine: each day's parts are split into train/valid/test and streamed into one file.
 
-Everything is written under a temporary directory renamed into place at the end, so an
-interrupted run leaves no dataset that looks whole.
+Input and output are local paths or storage URIs (`rayrec.storage`); tasks get URIs and
+resolve them on their own worker. The output is written atomically (`files.output_location`):
+locally under a temporary directory renamed into place, on an object store under its
+prefix with a manifest written last, so an interrupted run leaves no dataset that looks
+whole. Staged buckets and day parts live under the output's `_tmp/` until they are merged.
 """
 from __future__ import annotations
 
-import glob
-import json
 import math
-import os
-import shutil
 import time
 
 import numpy as np
@@ -29,7 +28,8 @@ from rayrec.etl.config import EtlConfig, parse_bytes
 from rayrec.etl.inputs import InputError, frame_from_table
 from rayrec.etl.reading import Piece, check_columns, csv_types, expand_inputs, first_row, plan_pieces, read_piece
 from rayrec.etl.workflow import Workflow, to_table
-from rayrec.files import atomic_directory
+from rayrec.files import output_location
+from rayrec.storage import display, join, locate, parquet_writer, write_parquet
 
 SPLITS = ("train", "valid", "test")
 TEMP_COMPRESSION = "lz4"   # staged and intermediate files are read back at once: speed over size
@@ -41,11 +41,11 @@ def stage_piece(i: int, piece: Piece, wf: Workflow, types: dict | None, n_bucket
     """Read, check and parse one piece; write its rows to buckets by session-key hash."""
     table = read_piece(piece, wf.raw_columns(), types)
     try:
-        frame, dropped = wf.prepare(frame_from_table(table), piece.path, 0)
+        frame, dropped = wf.prepare(frame_from_table(table), display(piece.path), 0)
     except InputError:   # name the row in file coordinates (this reads the file up to the piece)
-        frame, dropped = wf.prepare(frame_from_table(table), piece.path, first_row(piece))
+        frame, dropped = wf.prepare(frame_from_table(table), display(piece.path), first_row(piece))
     if check_types:
-        wf.check_input_types(frame, piece.path)
+        wf.check_input_types(frame, display(piece.path))
     prepared = to_table(frame)
     if prepared.num_rows:
         bucket = bucket_of(prepared.column(wf.session_key), n_buckets) if wf.session_key else \
@@ -54,8 +54,8 @@ def stage_piece(i: int, piece: Piece, wf: Workflow, types: dict | None, n_bucket
         bounds = np.searchsorted(bucket[order], np.arange(n_buckets + 1))
         for b in range(n_buckets):
             if bounds[b + 1] > bounds[b]:
-                pq.write_table(prepared.take(pa.array(order[bounds[b]:bounds[b + 1]])),
-                               os.path.join(stage, f"b{b:05d}", f"p{i:06d}.parquet"), compression=TEMP_COMPRESSION)
+                write_parquet(prepared.take(pa.array(order[bounds[b]:bounds[b + 1]])),
+                              join(stage, f"b{b:05d}", f"p{i:06d}.parquet"), compression=TEMP_COMPRESSION)
     return {"rows": table.num_rows, "dropped": dropped, "types": {c: str(v.type) for c, v in zip(
         prepared.column_names, prepared.columns)}}
 
@@ -70,8 +70,9 @@ def bucket_of(keys: pa.ChunkedArray, n: int) -> np.ndarray:
 
 
 def _load_bucket(path: str, columns: list[str] | None = None) -> dict:
-    files = sorted(glob.glob(os.path.join(path, "*.parquet")))
-    return frame_from_table(pa.concat_tables([pq.read_table(f, columns=columns) for f in files]))
+    loc = locate(path)
+    return frame_from_table(pa.concat_tables([pq.read_table(f, columns=columns, filesystem=loc.fs)
+                                              for f in loc.files(".parquet")]))
 
 
 def fit_bucket(path: str, wf: Workflow, level: int) -> list:
@@ -85,31 +86,30 @@ def transform_bucket(path: str, wf: Workflow, parts: str, day_column: str) -> di
         raise ValueError(f"the workflow's output has no day column {day_column!r} (columns: {out.column_names}); "
                          "add a DayIndex op or set etl.day_column")
     days = out.column(day_column).to_numpy()
-    name = os.path.basename(path)
+    name = path.rstrip("/").rpartition("/")[2]
     for day in np.unique(days):
-        d = os.path.join(parts, str(int(day)))
-        os.makedirs(d, exist_ok=True)
-        pq.write_table(out.filter(pa.array(days == day)), os.path.join(d, f"{name}.parquet"),
-                       compression=TEMP_COMPRESSION)
+        write_parquet(out.filter(pa.array(days == day)), join(parts, str(int(day)), f"{name}.parquet"),
+                      compression=TEMP_COMPRESSION)
     return {"counters": counters, "rows": out.num_rows}
 
 
 def combine_day(day_dir: str, out_dir: str, cfg: EtlConfig, split_key: str | None, time_col: str | None) -> dict:
     """Split one day's sessions and stream them into <day>/{train,valid,test}.parquet;
     empty splits get an empty file, so that every day has all three."""
-    parts = sorted(glob.glob(os.path.join(day_dir, "*.parquet")))
-    schema = pq.read_schema(parts[0])
+    loc = locate(day_dir)
+    parts = loc.files(".parquet")
+    schema = pq.read_schema(parts[0], filesystem=loc.fs)
     cut = None
     if cfg.split == "time":
-        times = np.concatenate([pq.read_table(p, columns=[time_col]).column(0).to_numpy() for p in parts])
+        times = np.concatenate([pq.read_table(p, columns=[time_col], filesystem=loc.fs).column(0).to_numpy()
+                                for p in parts])
         cut = np.quantile(times, [1 - cfg.valid_fraction - cfg.test_fraction, 1 - cfg.test_fraction])
-    day = os.path.basename(day_dir)
-    os.makedirs(os.path.join(out_dir, day))
-    writers = {s: pq.ParquetWriter(os.path.join(out_dir, day, f"{s}.parquet"), schema) for s in SPLITS}
+    day = day_dir.rstrip("/").rpartition("/")[2]
+    writers = {s: parquet_writer(join(out_dir, day, f"{s}.parquet"), schema) for s in SPLITS}
     counts = dict.fromkeys(SPLITS, 0)
     try:
         for p in parts:
-            t = pq.read_table(p).cast(schema)
+            t = pq.read_table(p, filesystem=loc.fs).cast(schema)
             if cfg.split == "time":
                 x = t.column(time_col).to_numpy()
                 which = np.where(x < cut[0], 0, np.where(x < cut[1], 1, 2))
@@ -137,8 +137,9 @@ def split_of(keys: pa.ChunkedArray, cfg: EtlConfig) -> np.ndarray:
 
 # --- driver ---------------------------------------------------------------------------
 def run_etl(inputs: list[str], out: str, config: EtlConfig, workflow: Workflow, overwrite: bool = False,
-            fitted: bool = False, progress=print) -> dict:
-    """Run the whole ETL (fit unless `fitted`); returns the report also in OUT/report.json."""
+            fitted: bool = False, progress=print, address: str | None = None) -> dict:
+    """Run the whole ETL (fit unless `fitted`); returns the report also in OUT/report.json.
+    `address` (or running inside a Ray job) puts the Dask work on that Ray cluster's nodes."""
     from rayrec.etl.engine import check_gpu, dask_client
 
     started = time.perf_counter()
@@ -147,16 +148,15 @@ def run_etl(inputs: list[str], out: str, config: EtlConfig, workflow: Workflow, 
     files = expand_inputs(inputs)
     check_columns(files, workflow.raw_columns())
     types = _types(files, workflow)
-    total = sum(os.path.getsize(f) * (4 if f.endswith((".parquet", ".pq")) else 1) for f in files)
-    with atomic_directory(out, overwrite=overwrite) as tmp, \
-            dask_client(config.scheduler, config.device, config.workers) as client:
+    sizes = {f: locate(f).size() for f in files}
+    total = sum(sizes[f] * (4 if display(f).endswith((".parquet", ".pq")) else 1) for f in files)
+    with output_location(out, overwrite=overwrite) as root, \
+            dask_client(config.scheduler, config.device, config.workers, address) as client:
         slots = sum(w["nthreads"] for w in client.scheduler_info()["workers"].values())
-        pieces = plan_pieces(files, _blocksize(files, parse_bytes(config.blocksize), slots))
+        pieces = plan_pieces(files, _blocksize(sum(sizes.values()), parse_bytes(config.blocksize), slots))
         # buckets small enough for a worker's memory, in a multiple of the worker threads
         n_buckets = math.ceil(math.ceil(total / parse_bytes(config.partition_size)) / slots) * slots
-        stage, parts = os.path.join(tmp, "_stage"), os.path.join(tmp, "_parts")
-        for b in range(n_buckets):
-            os.makedirs(os.path.join(stage, f"b{b:05d}"))
+        stage, parts = root.child("_tmp", "stage").uri, root.child("_tmp", "parts").uri
         phases = {"start": time.perf_counter() - started}
         mark = time.perf_counter()
 
@@ -171,11 +171,10 @@ def run_etl(inputs: list[str], out: str, config: EtlConfig, workflow: Workflow, 
                                           n_buckets=n_buckets, stage=stage, check_types=fitted, pure=False))
         n_events = sum(s["rows"] for s in staged)
         if n_events == 0:
-            raise InputError(f"{', '.join(files)}: the input holds no events (0 rows); nothing to write")
+            raise InputError(f"{', '.join(map(display, files))}: the input holds no events (0 rows); nothing to write")
         _check_types(staged, pieces, workflow, fitted)
         lap("stage")
-        buckets = [os.path.join(stage, f"b{b:05d}") for b in range(n_buckets)
-                   if os.listdir(os.path.join(stage, f"b{b:05d}"))]
+        buckets = [join(stage, i.base_name) for i in locate(stage).list() if i.type.name == "Directory"]
         for level in range(0 if fitted else workflow.fit_level_count()):
             progress(f"fit: level {level + 1}/{workflow.fit_level_count()} over {len(buckets)} buckets")
             partials = client.gather(client.map(fit_bucket, buckets, wf=wf, level=level, pure=False))
@@ -185,24 +184,23 @@ def run_etl(inputs: list[str], out: str, config: EtlConfig, workflow: Workflow, 
         progress("transform and write")
         done = client.gather(client.map(transform_bucket, buckets, wf=wf, parts=parts,
                                         day_column=config.day_column, pure=False))
-        if not os.path.isdir(parts) or not os.listdir(parts):
+        if not locate(parts).names():
             raise InputError(f"no session survived the workflow's filters: {_sum_counters(done)}; nothing to write")
         lap("transform")
         schema = workflow.output_schema()
         key = workflow.session_key if workflow.session_key in schema.names else schema.names[0]
         time_col = _time_column(schema, workflow) if config.split == "time" else None
-        days = sorted(os.listdir(parts), key=int)
+        days = sorted(locate(parts).names(), key=int)
         by_day = {}
-        for r in client.gather(client.map(combine_day, [os.path.join(parts, d) for d in days], out_dir=tmp,
+        for r in client.gather(client.map(combine_day, [join(parts, d) for d in days], out_dir=root.uri,
                                           cfg=config, split_key=key, time_col=time_col, pure=False)):
             by_day.update(r)
-        for d in (stage, parts):
-            _rmtree(d)
+        root.child("_tmp").delete()
         lap("combine")
-        schema.save(tmp)
-        workflow.save(os.path.join(tmp, "workflow"))
+        schema.save(root.uri)
+        workflow.save(root.child("workflow").uri)
         report = {
-            "inputs": files, "events": n_events,
+            "inputs": [display(f) for f in files], "events": n_events,
             "events_without_session": sum(s["dropped"] for s in staged),
             "rows_removed_by_op": _sum_counters(done),
             "sessions": sum(sum(v.values()) for v in by_day.values()),
@@ -211,15 +209,13 @@ def run_etl(inputs: list[str], out: str, config: EtlConfig, workflow: Workflow, 
             "seconds": round(time.perf_counter() - started, 2),
             "phase_seconds": {k: round(v, 2) for k, v in phases.items()},
         }
-        with open(os.path.join(tmp, "report.json"), "w") as f:
-            json.dump(report, f, indent=2)
+        root.child("report.json").write_json(report)
     return report
 
 
-def _blocksize(files: list[str], limit: int, slots: int) -> int:
+def _blocksize(size: int, limit: int, slots: int) -> int:
     """At most `limit` bytes per piece, in a number of pieces that keeps every slot busy to
     the end (a multiple of the slots)."""
-    size = sum(os.path.getsize(f) for f in files)
     pieces = max(1, math.ceil(size / limit))
     pieces = math.ceil(pieces / slots) * slots
     return max(1 << 16, math.ceil(size / pieces))
@@ -227,10 +223,10 @@ def _blocksize(files: list[str], limit: int, slots: int) -> int:
 
 def _types(files: list[str], wf: Workflow) -> dict | None:
     """CSV column types: the fitted ones when transforming with a fitted workflow."""
-    csvs = [f for f in files if not f.endswith((".parquet", ".pq"))]
+    csvs = [f for f in files if not display(f).endswith((".parquet", ".pq"))]
     if not csvs:
         return None
-    sep = "\t" if csvs[0].endswith((".tsv", ".tab")) else ","
+    sep = "\t" if display(csvs[0]).endswith((".tsv", ".tab")) else ","
     types = csv_types(csvs[0], sep, wf.raw_columns(), wf.input.numeric)
     if wf.input.time and wf.input.time in types and pa.types.is_timestamp(types[wf.input.time]):
         types[wf.input.time] = pa.string()
@@ -244,7 +240,7 @@ def _check_types(staged: list[dict], pieces: list[Piece], wf: Workflow, fitted: 
         diffs = [f"{c}: {t} vs {first['types'][c]}" for c, t in s["types"].items()
                  if s["rows"] and t != first["types"].get(c) and "null" not in (t, first["types"].get(c))]
         if diffs:
-            raise InputError(f"{p.path}: column types differ from the first input's: {'; '.join(diffs)}")
+            raise InputError(f"{display(p.path)}: column types differ from the first input's: {'; '.join(diffs)}")
     if not fitted:
         wf.input_types = {c: _type_name(t) for c, t in first["types"].items()}
 
@@ -267,7 +263,4 @@ def _sum_counters(done: list[dict]) -> dict:
             total[k] = total.get(k, 0) + v
     return dict(sorted(total.items()))
 
-
-def _rmtree(path: str) -> None:
-    shutil.rmtree(path, ignore_errors=True)
 

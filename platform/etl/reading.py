@@ -7,16 +7,15 @@ value that does not fit is an error naming its file and row rather than a silent
 """
 from __future__ import annotations
 
-import glob
 import io
 import os
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from rayrec.etl.inputs import InputError
+from rayrec.storage import display, glob_files, is_uri, join, locate, open_parquet
 
 _FORMATS = {".parquet": ("parquet", ""), ".pq": ("parquet", ""),
             ".csv": ("csv", ","), ".tsv": ("csv", "\t"), ".tab": ("csv", "\t")}
@@ -24,7 +23,7 @@ _FORMATS = {".parquet": ("parquet", ""), ".pq": ("parquet", ""),
 
 @dataclass(frozen=True)
 class Piece:
-    path: str
+    path: str                 # a local path or a storage URI
     kind: str                 # csv or parquet
     sep: str = ","
     start: int = 0            # csv: byte range [start, end)
@@ -36,12 +35,14 @@ def expand_inputs(paths: list[str]) -> list[str]:
     """Files named, matched by globs, or inside directories; sorted, each at most once."""
     files: list[str] = []
     for p in paths:
-        if os.path.isdir(p):
-            found = sorted(f for f in glob.glob(os.path.join(p, "*")) if _suffix(f) in _FORMATS)
+        loc = locate(p) if is_uri(p) or not any(ch in os.path.basename(p) for ch in "*?[") else None
+        if loc is not None and loc.is_dir():
+            found = [join(p, i.base_name) if is_uri(p) else i.path for i in loc.list()
+                     if i.type.name == "File" and _suffix(i.base_name) in _FORMATS]
         else:
-            found = sorted(glob.glob(p))
+            found = glob_files(p)
         if not found:
-            raise FileNotFoundError(f"{p}: no input files found (expected .parquet, .csv or .tsv)")
+            raise FileNotFoundError(f"{display(p)}: no input files found (expected .parquet, .csv or .tsv)")
         files += found
     for f in files:
         if _suffix(f) not in _FORMATS:
@@ -50,7 +51,7 @@ def expand_inputs(paths: list[str]) -> list[str]:
 
 
 def _suffix(path: str) -> str:
-    return os.path.splitext(path)[1].lower()
+    return os.path.splitext(display(path))[1].lower()
 
 
 def plan_pieces(files: list[str], blocksize: int) -> list[Piece]:
@@ -58,7 +59,7 @@ def plan_pieces(files: list[str], blocksize: int) -> list[Piece]:
     for f in files:
         kind, sep = _FORMATS[_suffix(f)]
         if kind == "parquet":
-            meta = pq.ParquetFile(f).metadata
+            meta = open_parquet(f).metadata
             groups, size = [], 0
             for g in range(meta.num_row_groups):
                 groups.append(g)
@@ -69,7 +70,7 @@ def plan_pieces(files: list[str], blocksize: int) -> list[Piece]:
             if groups or meta.num_row_groups == 0:
                 pieces.append(Piece(f, kind, row_groups=tuple(groups)))
         else:
-            size = os.path.getsize(f)
+            size = locate(f).size()
             starts = list(range(0, max(size, 1), blocksize))
             pieces += [Piece(f, kind, sep, s, min(s + blocksize, size)) for s in starts]
     return pieces
@@ -78,9 +79,9 @@ def plan_pieces(files: list[str], blocksize: int) -> list[Piece]:
 def file_columns(path: str) -> list[str]:
     kind, sep = _FORMATS[_suffix(path)]
     if kind == "parquet":
-        return pq.read_schema(path).names
-    with open(path, newline="") as f:
-        header = f.readline().rstrip("\r\n")
+        return open_parquet(path).schema_arrow.names
+    with _open(path) as f:
+        header = _readline(f).decode().rstrip("\r\n")
     return [c.strip().strip('"') for c in header.split(sep)] if header else []
 
 
@@ -90,12 +91,12 @@ def check_columns(files: list[str], required: list[str]) -> None:
         cols = file_columns(f)
         missing = [c for c in required if c not in cols]
         if missing:
-            raise InputError(f"{f}: missing required column(s) {missing}; the file has {cols}")
+            raise InputError(f"{display(f)}: missing required column(s) {missing}; the file has {cols}")
 
 
 def csv_types(path: str, sep: str, columns: list[str], numeric: list[str], sample_bytes: int = 1 << 20) -> dict:
     """Types for every piece of every CSV file, inferred once from the first MiB of `path`."""
-    with open(path, "rb") as f:
+    with _open(path) as f:
         head = f.read(sample_bytes)
     if len(head) == sample_bytes:
         head = head[: head.rfind(b"\n") + 1]
@@ -112,7 +113,7 @@ def read_piece(piece: Piece, columns: list[str], types: dict | None) -> pa.Table
     """The piece's rows, only `columns`; a CSV piece whose values do not fit the types comes
     back as text, so that the caller's checks can name the first bad row exactly."""
     if piece.kind == "parquet":
-        pf = pq.ParquetFile(piece.path)
+        pf = open_parquet(piece.path)
         return pf.read_row_groups(list(piece.row_groups), columns=columns) if piece.row_groups else \
             pf.schema_arrow.empty_table().select(columns)
     header, body, _ = _csv_bytes(piece)
@@ -133,7 +134,7 @@ def first_row(piece: Piece) -> int:
     """File row number (0-based, header excluded) of the piece's first row; for error
     messages only, as it reads the file up to the piece."""
     if piece.kind == "parquet":
-        meta = pq.ParquetFile(piece.path).metadata
+        meta = open_parquet(piece.path).metadata
         return sum(meta.row_group(g).num_rows for g in range(piece.row_groups[0])) if piece.row_groups else 0
     header, _, begin = _csv_bytes(piece)
     return _rows_before(piece.path, len(header), begin)
@@ -141,24 +142,44 @@ def first_row(piece: Piece) -> int:
 
 def _csv_bytes(piece: Piece) -> tuple[bytes, bytes, int]:
     """Header line, and the whole lines that start inside [start, end)."""
-    with open(piece.path, "rb") as f:
-        header = f.readline()
+    with _open(piece.path) as f:
+        header = _readline(f)
         begin = max(piece.start, len(header))
         if piece.start > len(header):
             f.seek(piece.start - 1)
-            begin = piece.start - 1 + len(f.readline())   # the line holding start-1 is the previous piece's
+            begin = piece.start - 1 + len(_readline(f))   # the line holding start-1 is the previous piece's
         if begin >= piece.end:
             return header, b"", begin
         f.seek(begin)
         body = f.read(piece.end - begin)
         if body and not body.endswith(b"\n"):
-            body += f.readline()
+            body += _readline(f)
     return header, body, begin
+
+
+def _open(path: str):
+    loc = locate(path)
+    return loc.fs.open_input_file(loc.path)
+
+
+def _readline(f, chunk: int = 1 << 16) -> bytes:
+    """The bytes up to and including the next newline (pyarrow files have no readline)."""
+    start, parts = f.tell(), []
+    while True:
+        block = f.read(chunk)
+        if not block:
+            return b"".join(parts)
+        cut = block.find(b"\n")
+        if cut >= 0:
+            parts.append(block[:cut + 1])
+            f.seek(start + sum(len(p) for p in parts))
+            return b"".join(parts)
+        parts.append(block)
 
 
 def _rows_before(path: str, header_len: int, offset: int) -> int:
     count, pos = 0, header_len
-    with open(path, "rb") as f:
+    with _open(path) as f:
         f.seek(pos)
         while pos < offset:
             chunk = f.read(min(1 << 24, offset - pos))

@@ -15,7 +15,6 @@ registered names and parameters only.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Iterable
@@ -32,6 +31,7 @@ from rayrec.etl.ops_encode import Categorify
 from rayrec.etl.ops_numeric import Rename
 from rayrec.etl.ops_session import Groupby, Select
 from rayrec.files import read_versioned_json
+from rayrec.storage import locate, write_parquet
 from rayrec.schema import CONTINUOUS, SESSION_ID, TIME, ColumnSchema, Schema
 
 FORMAT_VERSION = 2
@@ -115,6 +115,9 @@ class Workflow:
             counters: dict | None = None) -> tuple[Frame, list]:
         """Run the ops on a prepared frame. With `level`, run only the ops that level's
         statistics need and return their partial statistics; else transform fully."""
+        # pyarrow warns on every group-by over numpy-backed buffers (alignment is not a
+        # correctness issue here); set for the processes that run ops, not at import
+        os.environ.setdefault("ACERO_ALIGNMENT_HANDLING", "ignore")
         frame = self.sort(frame)
         partials = []
         steps = self.fit_plan(level)[0] if level is not None else range(len(self.ops))
@@ -269,27 +272,29 @@ class Workflow:
     def save(self, directory: str) -> None:
         if not self.fitted:
             raise ValueError("only a fitted workflow can be saved")
-        os.makedirs(directory, exist_ok=True)
+        root = locate(directory)
         ops = []
         for i, op in enumerate(self.ops):
             tables = {}
             for key, table in op.state_tables().items():
                 name = f"op{i:02d}.{_safe(key)}.parquet"
-                pq.write_table(table, os.path.join(directory, name))
+                write_parquet(table, root.child(name).uri)
                 tables[key] = name
             ops.append({"op": type(op).__name__, "params": op.params(), "state": op.state_json(), "tables": tables})
         meta = {"format_version": FORMAT_VERSION, "input": dataclasses.asdict(self.input),
                 "input_types": self.input_types, "ops": ops}
-        with open(os.path.join(directory, "workflow.json"), "w") as f:
-            json.dump(meta, f, indent=2)
+        root.child("workflow.json").write_json(meta)   # last: its presence marks a whole workflow
 
     @classmethod
     def load(cls, directory: str) -> "Workflow":
-        meta = read_versioned_json(os.path.join(directory, "workflow.json"), FORMAT_VERSION, "fitted workflow")
+        """A fitted workflow from its directory (a path or URI): JSON and parquet only."""
+        root = locate(directory)
+        meta = read_versioned_json(root.child("workflow.json").uri, FORMAT_VERSION, "fitted workflow")
         ops = []
         for spec in meta["ops"]:
             op = op_from_dict({"op": spec["op"], **spec["params"]})
-            tables = {k: pq.read_table(os.path.join(directory, os.path.basename(v))) for k, v in spec["tables"].items()}
+            tables = {k: pq.read_table(root.child(os.path.basename(v)).path, filesystem=root.fs)
+                      for k, v in spec["tables"].items()}
             if op.stateful:
                 op.load_state(spec["state"], tables)
             ops.append(op)
