@@ -130,11 +130,13 @@ def is_complete(uri: str) -> bool:
 
 
 def require_complete(uri: str, what: str) -> Location:
-    """The Location of a published output, or an error saying why it is not one."""
+    """The Location of a published output (or of a directory inside one), or an error
+    saying why it is not one."""
     loc = locate(uri)
     if not loc.is_dir():
         raise FileNotFoundError(f"{display(uri)}: no such {what}")
-    if not loc.local and not loc.child(MANIFEST).is_file():
+    if not loc.local and not loc.child(MANIFEST).is_file() and \
+            not locate(parent_and_name(uri)[0]).child(MANIFEST).is_file():   # a part of a published output
         raise FileNotFoundError(f"{display(uri)}: not a complete {what} (no {MANIFEST}: still being written, or "
                                 "an interrupted write; re-run it with --overwrite)")
     return loc

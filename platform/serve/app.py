@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from rayrec.serve.predictor import Recommender
+from rayrec.storage import is_uri
 
 
 @dataclass
@@ -91,7 +92,7 @@ def start(run_dir: str, cfg: ServeConfig, address: str | None = None, blocking: 
     """Deploy the endpoint on Ray Serve; returns once it is healthy (unless blocking)."""
     from rayrec.raylocal import init_ray
 
-    run_dir = os.path.abspath(run_dir)
+    run_dir = run_dir if is_uri(run_dir) else os.path.abspath(run_dir)
     Recommender(run_dir)  # fail here, with the real error, rather than inside a replica
     init_ray(address)
     serve.start(http_options={"host": cfg.host, "port": cfg.port})

@@ -8,19 +8,29 @@ the scores back into raw ids. Used by the Ray Serve app and usable in-process.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import weakref
 
 import numpy as np
 import torch
 
 from rayrec.etl.columns import Ragged
 from rayrec.etl.workflow import Workflow
+from rayrec.files import require_complete
 from rayrec.models.batch import pad_ragged
 from rayrec.models.checkpoint import load_model
 from rayrec.schema import Schema
+from rayrec.storage import is_uri, locate
 
 
 class Recommender:
     def __init__(self, run_dir: str):
+        if is_uri(run_dir):  # a run published on storage: a private local copy, removed with this object
+            copy = locate(require_complete(run_dir, "run directory").uri).download(
+                tempfile.mkdtemp(prefix="rayrec-run-"))
+            weakref.finalize(self, shutil.rmtree, copy, True)
+            run_dir = copy
         workflow_dir = os.path.join(run_dir, "workflow")
         if not os.path.isdir(workflow_dir):
             raise FileNotFoundError(f"{run_dir}: no workflow/ (was the run trained on rayrec etl output?)")

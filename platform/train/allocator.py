@@ -14,15 +14,33 @@ import ctypes.util
 import sys
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+DEFAULT_MMAP_MAX, DEFAULT_TRIM_THRESHOLD = 65536, 128 * 1024   # glibc's defaults
+
+
+def _libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
 
 
 def keep_freed_memory() -> bool:
     """True if glibc took the settings (False elsewhere: nothing changes)."""
-    if not sys.platform.startswith("linux"):
-        return False
+    libc = _libc()
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = libc.mallopt(M_MMAP_MAX, 0) == 1
-        return ok and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
-    except (OSError, AttributeError):
+        return libc is not None and libc.mallopt(M_MMAP_MAX, 0) == 1 and \
+            libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    except AttributeError:
         return False
+
+
+def restore_allocator() -> None:
+    """glibc's default limits again, and the heap kept so far handed back to the OS."""
+    libc = _libc()
+    if libc is None:
+        return
+    libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
+    libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+    libc.malloc_trim(0)

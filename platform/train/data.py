@@ -1,24 +1,28 @@
-"""Session parquet -> padded feature batches, and the per-worker sharding of them."""
-from __future__ import annotations
+"""Session parquet -> padded feature batches, and the per-worker sharding of them.
 
-import os
+The data directory is a path or a storage URI (an ETL output published on S3, say);
+workers read their row ranges straight from it.
+"""
+from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from rayrec.files import require_complete
 from rayrec.models.batch import Batch, pad_list_column, table_batch
 from rayrec.models.features import FeatureSpec
+from rayrec.storage import display, join, locate, open_parquet
 
 
 def day_dirs(data_dir: str) -> list[int]:
-    return sorted(int(d) for d in os.listdir(data_dir) if d.isdigit() and os.path.isdir(os.path.join(data_dir, d)))
+    root = require_complete(data_dir, "ETL output")
+    return sorted(int(i.base_name) for i in root.list() if i.base_name.isdigit() and i.type.name == "Directory")
 
 
 def split_path(data_dir: str, day: int, split: str) -> str:
-    path = os.path.join(data_dir, str(day), f"{split}.parquet")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: missing; expected DIR/<day>/{{train,valid,test}}.parquet")
+    path = join(data_dir, str(day), f"{split}.parquet")
+    if not locate(path).is_file():
+        raise FileNotFoundError(f"{display(path)}: missing; expected DIR/<day>/{{train,valid,test}}.parquet")
     return path
 
 
@@ -31,16 +35,16 @@ def load_batch(path: str, features: list[FeatureSpec], targets: list[str], max_l
         return np.int64 if f.kind == "categorical" else np.float32
 
     names = [f.name for f in features] + [t for t in targets if t not in {f.name for f in features}]
-    present = set(pq.read_schema(path).names)  # absent ones are reported by table_batch
+    present = set(open_parquet(path).schema_arrow.names)  # absent ones are reported by table_batch
     table = read_shard(path, [n for n in names if n in present], rank, world, cover_all)
     lists = {f.name: dtype(f) for f in features if f.is_list}
     scalars = {f.name: dtype(f) for f in features if not f.is_list} | {t: np.float32 for t in targets}
-    return table_batch(table, lists, scalars, max_len, features[0].name, where=path)
+    return table_batch(table, lists, scalars, max_len, features[0].name, where=display(path))
 
 
 def load_items(path: str, item_col: str, max_len: int) -> np.ndarray:
     """Right-padded item codes [sessions, max_len] (the last max_len items of each)."""
-    table = pq.read_table(path, columns=[item_col])
+    table = open_parquet(path).read(columns=[item_col])
     return pad_list_column(table.column(item_col), max_len)
 
 
@@ -50,7 +54,7 @@ def read_shard(path: str, columns: list[str], rank: int, world: int, cover_all: 
     row groups. For training every worker gets n // world rows (DDP steps stay in
     lock-step; at most world - 1 rows sit out); with `cover_all` (evaluation) the ranges
     cover every row."""
-    f = pq.ParquetFile(path)
+    f = open_parquet(path)
     if world <= 1:
         return f.read(columns=columns)
     n = f.metadata.num_rows

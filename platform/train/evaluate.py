@@ -46,23 +46,23 @@ def popularity_metric_sums(counts: np.ndarray, items: np.ndarray, first_item: in
 
 
 def evaluate_run(run_dir: str, data_dir: str, days_spec: str | None = None, split: str = "test") -> dict:
-    """Metrics of a saved run on `split` of each day, next to most-popular over its training days."""
-    import json
-    import os
-
+    """Metrics of a saved run on `split` of each day, next to most-popular over its training
+    days. The run and the data may be paths or storage URIs."""
+    from rayrec.files import local_copy
     from rayrec.metrics import finalize
     from rayrec.models.checkpoint import load_model
     from rayrec.schema import Schema
+    from rayrec.storage import display, join, locate
     from rayrec.train.config import parse_days
     from rayrec.train.data import day_dirs, load_batch, load_items, split_path
 
-    model = load_model(os.path.join(run_dir, "checkpoint"))
+    with local_copy(join(run_dir, "checkpoint"), "run checkpoint") as d:
+        model = load_model(d)
     item = Schema.load(data_dir).item_id_column()
     if item.cardinality != model.n_items:
-        raise ValueError(f"{data_dir}: column {item.name!r} has {item.cardinality} codes but the model "
-                         f"in {run_dir} was trained with {model.n_items}; evaluate on the run's own dataset")
-    with open(os.path.join(run_dir, "metrics.json")) as f:
-        trained = json.load(f)["train_days"]
+        raise ValueError(f"{display(data_dir)}: column {item.name!r} has {item.cardinality} codes but the model "
+                         f"in {display(run_dir)} was trained with {model.n_items}; evaluate on the run's own dataset")
+    trained = locate(join(run_dir, "metrics.json")).read_json()["train_days"]
     available = day_dirs(data_dir)
     if days_spec is None:  # default: the day after the last training day, else the last day
         nxt = max(trained) + 1

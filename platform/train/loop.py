@@ -20,13 +20,14 @@ import ray.train
 import ray.train.torch
 import torch
 
+from rayrec.files import local_copy
 from rayrec.metrics import finalize
 from rayrec.models.batch import Batch, concat_batches, take, to_tensors
 from rayrec.models.checkpoint import load_weights, new_model
 from rayrec.models.config import ModelConfig
 from rayrec.models.features import FeatureSpec
 from rayrec.models.session_model import SessionModel
-from rayrec.train.allocator import keep_freed_memory
+from rayrec.train.allocator import keep_freed_memory, restore_allocator
 from rayrec.train.config import TrainConfig
 from rayrec.train.data import load_batch, shard_rows, split_path
 from rayrec.train.progress import Progress
@@ -39,12 +40,31 @@ from rayrec.train.evaluate import model_metric_sums
 
 def train_loop_per_worker(spec: dict) -> None:
     tcfg = TrainConfig(**spec["train"])
+    with training_process(tcfg.threads_per_worker):
+        _train(spec, tcfg)
+
+
+@contextlib.contextmanager
+def training_process(threads: int):
+    """The process settings a training loop wants (its torch threads, freed memory kept
+    in the heap), undone afterwards: with `--workers 0` the loop runs in the caller's
+    process, which must get its own settings back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    kept = keep_freed_memory()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        if kept:
+            restore_allocator()
+
+
+def _train(spec: dict, tcfg: TrainConfig) -> None:
     mcfg = ModelConfig(**spec["model"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(tcfg.threads_per_worker)
     quiet_report_log()
-    keep_freed_memory()
     torch.manual_seed(tcfg.seed)
     features = [FeatureSpec(**f) for f in spec["features"]]
     model = new_model(mcfg, features)
@@ -66,7 +86,8 @@ def train_loop_per_worker(spec: dict) -> None:
             print(f"[rayrec] restart {attempt} from the last checkpoint: {len(history)} window(s) done"
                   f"{where(state)}", flush=True)
     elif spec.get("resume_from"):  # `rayrec train --resume RUN`: that run's last checkpoint
-        history, state = restore(model, spec["resume_from"])
+        with local_copy(spec["resume_from"], "run checkpoint") as d:
+            history, state = restore(model, d)
         if rank == 0 and state:
             print(f"[rayrec] resuming {len(history)} finished window(s){where(state)}", flush=True)
     start = len(history)

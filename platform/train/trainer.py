@@ -2,7 +2,9 @@
 
 RUN/ holds checkpoint/ (model.json + model.safetensors), metrics.json (per day and
 averaged, next to the most-popular baseline), and copies of the dataset's schema and
-fitted workflow, so that serving needs the run directory alone.
+fitted workflow, so that serving needs the run directory alone. The data and the run
+may be local paths or storage URIs: the run is written in a local temporary directory
+and published whole (renamed, or uploaded with a manifest), also when it stops early.
 """
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ import signal
 import threading
 from dataclasses import asdict
 
-from rayrec.files import atomic_directory
+from rayrec.files import require_complete, staged_output
 from rayrec.raylocal import init_ray
+from rayrec.storage import display, is_uri, join, locate, parent_and_name
 from rayrec.models.config import ModelConfig
 from rayrec.models.features import resolve_features
 from rayrec.schema import Schema
@@ -56,7 +59,8 @@ def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: Tra
 
     from rayrec.train.loop import train_loop_per_worker
 
-    data_dir = os.path.abspath(data_dir)
+    data_dir = data_dir if is_uri(data_dir) else os.path.abspath(data_dir)
+    require_complete(data_dir, "ETL output")
     schema = Schema.load(data_dir)
     item = schema.item_id_column()
     if item.cardinality is None:
@@ -64,7 +68,7 @@ def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: Tra
     features = resolve_features(schema, model_cfg)  # bad feature names fail here, before Ray starts
     for head in model_cfg.heads:
         if head.target not in schema.names:
-            raise ValueError(f"model.heads: target column {head.target!r} is not in {data_dir}'s schema")
+            raise ValueError(f"model.heads: target column {head.target!r} is not in {display(data_dir)}'s schema")
     days = plan_days(data_dir, train_cfg.train_days, train_cfg.window_days)
     for window, eval_day in days:  # fail before starting Ray if a file is missing
         for day in window:
@@ -74,15 +78,15 @@ def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: Tra
     config = {"model": asdict(model_cfg), "train": asdict(train_cfg), "data": data_dir}
 
     stopped = None
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    with staged_output(out, overwrite=overwrite) as tmp, checkpoint_storage(train_cfg, out, tmp) as storage:
         name = "rayrec-" + os.path.basename(tmp).lstrip(".")
-        storage = train_cfg.storage or os.path.join(tmp, "ray")
         tracker = Tracker(train_cfg, os.path.join(tmp, "tensorboard"), os.path.basename(os.path.abspath(out)))
         tracker.start(config)
         spec = {"model": asdict(model_cfg), "train": asdict(train_cfg), "data_dir": data_dir,
                 "item_col": item.name, "features": [asdict(f) for f in features], "days": days,
                 "scratch": os.path.join(tmp, "scratch"),
-                "resume_from": os.path.join(os.path.abspath(resume), "checkpoint") if resume else None,
+                "resume_from": join(resume if is_uri(resume) else os.path.abspath(resume), "checkpoint")
+                if resume else None,
                 "local_tracker": tracker if train_cfg.workers == 0 and tracker.enabled else None}
         trainer = TorchTrainer(
             train_loop_per_worker, train_loop_config=spec,
@@ -105,7 +109,7 @@ def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: Tra
         else:  # in-process: Ray logs every report at INFO, which would bury the progress lines
             logging.getLogger("ray.train").setLevel(logging.WARNING)
         try:
-            with own_sigint():
+            with own_signals():
                 result = trainer.fit()
             if result.error is not None:
                 raise result.error
@@ -127,16 +131,50 @@ def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: Tra
 
 
 @contextlib.contextmanager
-def own_sigint():
-    """Ray Train installs a SIGINT handler (abort the controller) on every fit and leaves it
-    installed; put ours back afterwards so a later Ctrl-C is a KeyboardInterrupt again."""
-    main = threading.current_thread() is threading.main_thread()
-    before = signal.getsignal(signal.SIGINT) if main else None
+def checkpoint_storage(tcfg: TrainConfig, out: str, tmp: str):
+    """Where Ray keeps the run's checkpoints: `train.storage`, else inside the local run
+    directory being written, or, for a run published to a URI, a temporary prefix beside
+    it that every node reaches (removed afterwards)."""
+    if tcfg.storage:
+        yield tcfg.storage
+        return
+    if not is_uri(out) or out.startswith("file://"):
+        yield os.path.join(tmp, "ray")
+        return
+    parent, name = parent_and_name(out)
+    scratch = join(parent, f".{name}.tmp-{os.path.basename(tmp)[-8:]}")
+    try:
+        yield scratch
+    finally:
+        locate(scratch).delete()
+
+
+@contextlib.contextmanager
+def own_signals():
+    """A SIGTERM (`rayrec jobs stop`, `ray job stop`, a pod's termination) stops the run as
+    Ctrl-C does: it goes to whatever handles SIGINT at that moment (Ray Train's abort
+    during a fit, else Python's KeyboardInterrupt), so the last checkpoint and
+    stopped.json are kept. Ray Train installs its SIGINT handler on every fit and leaves it
+    installed; ours are put back afterwards so a later Ctrl-C is a KeyboardInterrupt again."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_term(signum, frame):
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
     try:
         yield
     finally:
-        if main and before is not None:
-            signal.signal(signal.SIGINT, before)
+        for s, handler in before.items():
+            if handler is not None:
+                signal.signal(s, handler)
 
 
 class TrainingStopped(RuntimeError):
@@ -166,8 +204,9 @@ def finish_run(tmp: str, result, history: list[dict], data_dir: str, item_col: s
     if metrics["average"]:
         plot_days(metrics, os.path.join(tmp, "metrics.png"))
     schema.save(tmp)
-    if os.path.isdir(os.path.join(data_dir, "workflow")):
-        shutil.copytree(os.path.join(data_dir, "workflow"), os.path.join(tmp, "workflow"))
+    workflow = locate(join(data_dir, "workflow"))
+    if workflow.is_dir():
+        workflow.download(os.path.join(tmp, "workflow"))
     tracker.finish([os.path.join(tmp, n) for n in ("metrics.json", "metrics.csv", "metrics.png")])
     return metrics
 
@@ -192,13 +231,13 @@ def keep_stopped(tmp: str, storage: str, name: str, config: dict, error: BaseExc
 
 
 def resume_configs(run_dir: str) -> tuple[ModelConfig, TrainConfig, str]:
-    """A finished or stopped run's model and train configs and data directory."""
-    found = [p for p in (os.path.join(run_dir, n) for n in ("metrics.json", STOPPED)) if os.path.exists(p)]
-    if not os.path.exists(os.path.join(run_dir, "checkpoint", "model.json")) or not found:
-        raise FileNotFoundError(f"{run_dir}: not a rayrec run directory (no checkpoint/, or neither metrics.json "
-                                f"nor {STOPPED})")
-    with open(found[0]) as f:
-        config = json.load(f)["config"]
+    """A finished or stopped run's model and train configs and data directory (a path or URI)."""
+    run = require_complete(run_dir, "run directory")
+    found = [run.child(n) for n in ("metrics.json", STOPPED) if run.child(n).is_file()]
+    if not run.child("checkpoint", "model.json").is_file() or not found:
+        raise FileNotFoundError(f"{display(run_dir)}: not a rayrec run directory (no checkpoint/, or neither "
+                                f"metrics.json nor {STOPPED})")
+    config = found[0].read_json()["config"]
     return ModelConfig(**config["model"]), TrainConfig(**config["train"]), config["data"]
 
 
