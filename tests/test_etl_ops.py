@@ -220,3 +220,16 @@ def test_filter_rename_select(seed):
     renamed = Rename({"price": "cost"}).transform(f)
     assert list(renamed) == [("cost" if c == "price" else c) for c in df.columns]
     assert list(Select(["t", "item"]).transform(f)) == ["t", "item"]
+
+
+def test_join_groupby_std_is_stable_for_large_offsets():
+    """Values near 1e9 with a spread of 1: E[x^2] - mean^2 loses every digit there; the
+    pooled merge over several partitions keeps the standard deviation exact."""
+    rng = np.random.default_rng(3)
+    x = 1e9 + rng.normal(0, 1, 6000)
+    df = pd.DataFrame({"cat": rng.integers(0, 3, 6000).astype(float), "price": x})
+    op = JoinGroupby("cat", ["price"], stats=["std", "mean"])
+    op.combine([op.partial(frame(df.iloc[i::4])) for i in range(4)])
+    out = op.transform(frame(df))
+    ref = df.groupby("cat")["price"].transform(lambda v: v.std(ddof=0))
+    assert np.allclose(out["cat_price_std"], ref, rtol=1e-6)

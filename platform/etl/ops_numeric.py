@@ -185,37 +185,48 @@ class JoinGroupby(KeyedTableOp):
         return names + [f"{self.group}_{c}_{s}" for c in self.columns for s in self.stats if s != "count"]
 
     def partial(self, frame):
+        """Per group of this partition: count, and per column the count, sum, min, max and
+        M2 (the sum of squared deviations from the partition's group mean)."""
         cols = {"key": _nan_to_null(to_arrow(frame[self.group]))}
         aggs = [("key", "count", pc.CountOptions("all"))]
         for c in self.columns:
             x = as_float(frame[c], c)
             cols[c] = pc.if_else(pc.is_nan(pa.array(x)), pa.scalar(None, pa.float64()), pa.array(x))
-            cols[c + "__sq"] = pc.multiply(cols[c], cols[c])
-            aggs += [(c, "sum"), (c, "count"), (c, "min"), (c, "max"), (c + "__sq", "sum")]
-        return pa.table(cols).group_by("key").aggregate(aggs)
+            aggs += [(c, "sum"), (c, "count"), (c, "min"), (c, "max")]
+        t = pa.table(cols)
+        g = t.group_by("key").aggregate(aggs)
+        group = _group_of(t.column("key"), g.column("key"))
+        for c in self.columns:
+            mean = _np(g.column(f"{c}_sum")) / _np(g.column(f"{c}_count"))
+            with np.errstate(invalid="ignore"):
+                dev = np.nan_to_num(_np(t.column(c)) - mean[group])
+            g = g.append_column(f"{c}_m2", pa.array(np.bincount(group, dev * dev, minlength=len(g))))
+        return g
 
     def combine(self, parts):
+        """Groups merged across partitions with the pooled formula M2 = sum(M2_i +
+        n_i (mean_i - mean)^2), as Normalize does: no E[x^2] - mean^2 cancellation."""
         t = pa.concat_tables(parts)
         aggs = [("key_count", "sum")]
         for c in self.columns:
-            aggs += [(f"{c}_sum", "sum"), (f"{c}_count", "sum"), (f"{c}_min", "min"), (f"{c}_max", "max"),
-                     (f"{c}__sq_sum", "sum")]
+            aggs += [(f"{c}_sum", "sum"), (f"{c}_count", "sum"), (f"{c}_min", "min"), (f"{c}_max", "max")]
         g = t.group_by("key").aggregate(aggs)
-        g = g.filter(pc.is_valid(g.column("key")))   # a null group joins nothing, as in pandas
+        group = _group_of(t.column("key"), g.column("key"))
         out = {"key": g.column("key"), f"{self.group}_count": g.column("key_count_sum")}
-        def col(name):
-            return g.column(name).combine_chunks().to_numpy(zero_copy_only=False).astype(np.float64)
-
         for c in self.columns:
-            n, total, sq = col(f"{c}_count_sum"), col(f"{c}_sum_sum"), col(f"{c}__sq_sum_sum")
+            n, total = _np(g.column(f"{c}_count_sum")), _np(g.column(f"{c}_sum_sum"))
+            n_i, s_i, m2_i = _np(t.column(f"{c}_count")), _np(t.column(f"{c}_sum")), _np(t.column(f"{c}_m2"))
             with np.errstate(invalid="ignore", divide="ignore"):
                 mean = total / n
-                values = {"sum": total, "mean": mean, "std": np.sqrt(np.maximum(sq / n - mean ** 2, 0)),
-                          "min": col(f"{c}_min_min"), "max": col(f"{c}_max_max")}
+                shift = np.where(n_i > 0, n_i * (s_i / np.maximum(n_i, 1) - mean[group]) ** 2, 0.0)
+                m2 = np.bincount(group, m2_i + np.nan_to_num(shift), minlength=len(g))
+                values = {"sum": total, "mean": mean, "std": np.sqrt(m2 / n),
+                          "min": _np(g.column(f"{c}_min_min")), "max": _np(g.column(f"{c}_max_max"))}
             for s in self.stats:
                 if s != "count":
                     out[f"{self.group}_{c}_{s}"] = pa.array(values[s], pa.float64())
-        self.load_state({}, {"groups": pa.table(out)})
+        groups = pa.table(out)
+        self.load_state({}, {"groups": groups.filter(pc.is_valid(groups.column("key")))})  # null joins nothing
 
     def transform(self, frame):
         pos = self._index.positions(to_arrow(frame[self.group]))
@@ -232,6 +243,18 @@ class JoinGroupby(KeyedTableOp):
     def load_state(self, state, tables):
         super().load_state(state, tables)
         self._values = {n: self._state.column(n).to_numpy().astype(np.float64) for n in self.outputs()}
+
+
+def _np(col) -> np.ndarray:
+    """A numeric column as float64, nulls as NaN."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    return arr.to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def _group_of(keys, groups) -> np.ndarray:
+    """For each key, the row of `groups` holding it (nulls match the null group)."""
+    return pc.index_in(keys, value_set=groups.combine_chunks() if isinstance(groups, pa.ChunkedArray) else groups,
+                       skip_nulls=False).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def _nan_to_null(arr: pa.Array) -> pa.Array:
