@@ -61,7 +61,7 @@ def cmd_etl(a) -> None:
     else:
         workflow = workflow_from_config(section, f"{a.config}: workflow") if section else default_workflow(cfg)
     report = run_etl(a.input, a.out, cfg, workflow, overwrite=a.overwrite, fitted=bool(a.workflow),
-                     progress=lambda m: print(f"  {m}", flush=True))
+                     progress=lambda m: print(f"  {m}", flush=True), address=a.address)
     days = report["sessions_by_day"]
     print(f"{report['events']:,} events -> {report['sessions']:,} sessions over {len(days)} days "
           f"in {report['seconds']} s -> {a.out}")
@@ -136,6 +136,97 @@ def cmd_serve(a) -> None:
     start(a.run, cfg, address=a.address, blocking=True)
 
 
+def cmd_run(a) -> int:
+    from rayrec.pipeline import run_pipeline
+
+    return run_pipeline(a.pipeline, build_parser(), lambda argv: main(argv), say=lambda m: print(m, flush=True))
+
+
+def submission(a):
+    """The JobRequest for `rayrec submit`: a rayrec command, or a pipeline file (sent in a
+    working_dir of its own when none is given)."""
+    import shutil
+    import tempfile
+
+    from rayrec.jobs import JobError, JobRequest
+
+    command = a.argv[1:] if a.argv[:1] == ["--"] else list(a.argv)
+    if not command:
+        raise JobError("nothing to submit: give a command after --, e.g. rayrec submit -- rayrec train ..., "
+                       "or a PIPELINE.yaml")
+    working_dir, cleanup = a.working_dir, None
+    if len(command) == 1 and command[0].endswith((".yaml", ".yml")):
+        if not os.path.isfile(command[0]):
+            raise FileNotFoundError(f"{command[0]}: no such pipeline file")
+        if working_dir is None:
+            working_dir = cleanup = tempfile.mkdtemp(prefix="rayrec-submit-")
+            shutil.copy(command[0], os.path.join(working_dir, "pipeline.yaml"))
+            rel = "pipeline.yaml"
+        else:
+            rel = os.path.relpath(os.path.abspath(command[0]), os.path.abspath(working_dir))
+            if rel.startswith(".."):
+                raise JobError(f"{command[0]} is outside --working-dir {working_dir}: the job sees only that directory")
+        command = ["run", rel]
+    if working_dir is not None and not os.path.isdir(working_dir):
+        raise FileNotFoundError(f"--working-dir {working_dir}: no such directory")
+    return JobRequest(command, working_dir, a.pip or [], a.num_cpus, a.num_gpus), cleanup
+
+
+def cmd_submit(a) -> int:
+    import shutil
+    import time
+
+    from rayrec.jobs import JobError, cluster_address, detached_help, follow, submit
+
+    request, cleanup = submission(a)
+    address = cluster_address(a.address)
+    started = time.perf_counter()
+    try:
+        c, job_id = submit(request, address)
+    except RuntimeError as e:
+        raise JobError(f"{address}: the job was not accepted: {str(e).splitlines()[0][:400]}") from None
+    finally:
+        if cleanup:
+            shutil.rmtree(cleanup, ignore_errors=True)
+    print(f"submitted job {job_id} to {address}: {request.entrypoint()}", flush=True)
+    if a.no_wait:
+        print(detached_help(job_id, address))
+        return 0
+    print("its log follows (Ctrl-C detaches; the job goes on)", flush=True)
+    try:
+        status = follow(c, job_id)
+    except KeyboardInterrupt:
+        print("\n" + detached_help(job_id, address))
+        return 130
+    print(f"job {job_id} {status} after {time.perf_counter() - started:.1f} s")
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def cmd_jobs(a) -> int:
+    from rayrec.jobs import client, follow, format_jobs, wait
+
+    c = client(a.address)
+    if a.action == "list":
+        print(format_jobs(c.list_jobs()))
+        return 0
+    if a.action == "status":
+        info = c.get_job_info(a.id)
+        print(f"{a.id}: {info.status.value}" + (f" ({info.message})" if info.message else ""))
+        return 0
+    if a.action == "logs":
+        if a.follow:
+            status = follow(c, a.id)
+            print(f"job {a.id} {status}")
+        else:
+            print(c.get_job_logs(a.id), end="")
+        return 0
+    c.stop_job(a.id)
+    print(f"stopping job {a.id} (SIGTERM: a training run keeps its last checkpoint and stopped.json)", flush=True)
+    status = wait(c, a.id, timeout=90)
+    print(f"job {a.id} {status}")
+    return 0 if status in ("STOPPED", "SUCCEEDED", "FAILED") else 1
+
+
 def cmd_quickstart(a) -> None:
     from rayrec.quickstart import quickstart
 
@@ -172,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--scheduler", metavar="ADDRESS", help="run on this Dask scheduler (default: a local cluster)")
     e.add_argument("--device", choices=["cpu", "gpu"], help="gpu: dask-cuda workers with cuDF (the gpu extra)")
     e.add_argument("--workers", type=int, help="local cluster worker processes (default: one per core)")
+    e.add_argument("--address", help="Ray cluster whose nodes run the Dask work (default RAY_ADDRESS, as inside "
+                   "a Ray job; else a local Dask cluster)")
     e.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     e.set_defaults(func=cmd_etl)
 
@@ -222,6 +315,34 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-events", type=int, help="events per request before 413 (default 1000)")
     r.add_argument("--address", help="Ray cluster to join (default RAY_ADDRESS, else a local cluster)")
     r.set_defaults(func=cmd_serve)
+
+    pl = sub.add_parser("run", help="run a pipeline YAML's stages in this process (finished stages are skipped)")
+    pl.add_argument("pipeline", metavar="PIPELINE.yaml")
+    pl.set_defaults(func=cmd_run)
+
+    sb = sub.add_parser("submit", help="run a rayrec command or a pipeline on a Ray cluster as a Ray Job",
+                        description="Submit `rayrec VERB ...` (after --) or PIPELINE.yaml as a Ray Job, stream "
+                        "its log and exit with its status. Ctrl-C detaches; the job goes on.")
+    sb.add_argument("--address", help="the cluster's dashboard URL, e.g. http://HEAD:8265 (default RAY_ADDRESS)")
+    sb.add_argument("--working-dir", help="directory uploaded as the job's working directory")
+    sb.add_argument("--pip", nargs="+", metavar="PKG", help="pip packages installed for the job")
+    sb.add_argument("--num-cpus", type=float, help="CPUs reserved for the entrypoint (default 0)")
+    sb.add_argument("--num-gpus", type=float, help="GPUs reserved for the entrypoint (default 0)")
+    sb.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    sb.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- rayrec VERB ... | PIPELINE.yaml")
+    sb.set_defaults(func=cmd_submit)
+
+    jb = sub.add_parser("jobs", help="list, inspect, follow or stop Ray Jobs")
+    jsub = jb.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, text in (("list", "every job on the cluster"), ("status", "one job's status"),
+                       ("logs", "one job's log"), ("stop", "stop a job (SIGTERM; training keeps its checkpoint)")):
+        j = jsub.add_parser(name, help=text)
+        if name != "list":
+            j.add_argument("id", help="the job's submission id")
+        if name == "logs":
+            j.add_argument("--follow", action="store_true", help="stream until the job ends")
+        j.add_argument("--address", help="the cluster's dashboard URL (default RAY_ADDRESS)")
+        j.set_defaults(func=cmd_jobs)
 
     q = sub.add_parser("quickstart", help="synth -> etl -> train (2 Ray workers) -> evaluate -> serve one request")
     q.add_argument("--out", default="quickstart-out", help="working directory (replaced)")

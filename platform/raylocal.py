@@ -7,6 +7,7 @@ interfaces. So `use_loopback()` must run before anything imports ray.
 from __future__ import annotations
 
 import os
+import socket
 
 
 def use_loopback(address: str | None = None) -> None:
@@ -24,8 +25,26 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
+        check_reachable(address)
         ray.init(address=address, log_to_driver=True)
         return
     ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory,
              include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
              log_to_driver=True)
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, naming the address, when nothing listens there (ray.init would wait
+    for minutes). Only HOST:PORT addresses are checked; `auto` and ray:// are Ray's own."""
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"Ray address {address!r}: expected HOST:PORT (the head's GCS port, 6379 by default)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return
+    except OSError as e:
+        raise ValueError(f"cannot reach the Ray cluster at {address} ({e}). Give the head node's address as "
+                         "HOST:6379 (`ray status` on the head shows the cluster; the dashboard URL is printed by "
+                         "`ray start --head`); inside a Ray job RAY_ADDRESS is set already") from None
