@@ -160,7 +160,10 @@ def locate(path: str, check: bool = True) -> Location:
     if scheme == "file":
         local = parts.path
         return Location(path, pafs.LocalFileSystem(), local)
-    fs = _filesystem(scheme, parts.netloc, parts.query, check)
+    try:
+        fs = _filesystem(scheme, parts.netloc, parts.query, check)
+    except StorageError as e:
+        raise StorageError(f"{display(path)}: {e}") from None
     inner = f"{parts.netloc}{parts.path}".rstrip("/") if scheme in ("s3", "gs", "gcs") else \
         _inner_path(fs, path)
     return Location(path, fs, inner)
@@ -193,7 +196,7 @@ def _fsspec(scheme: str, uri: str, error: Exception) -> pafs.FileSystem:
 
         return pafs.PyFileSystem(pafs.FSSpecHandler(fsspec.filesystem(scheme)))
     except (ImportError, ValueError) as e:
-        raise StorageError(f"{display(uri)}: no filesystem for {scheme}:// ({error}; fsspec: {e})") from None
+        raise StorageError(f"no filesystem for {scheme}:// ({error}; fsspec: {e})") from None
 
 
 def probe(fs: pafs.FileSystem, uri: str, scheme: str, bucket: str) -> None:
@@ -202,10 +205,10 @@ def probe(fs: pafs.FileSystem, uri: str, scheme: str, bucket: str) -> None:
     try:
         info = fs.get_file_info(bucket)
     except OSError as e:
-        raise StorageError(f"{display(uri)}: cannot reach the bucket: {str(e).splitlines()[0][:300]}. "
+        raise StorageError(f"cannot reach the bucket {bucket!r}: {str(e).splitlines()[0][:300]}. "
                            + where_credentials(scheme)) from None
     if info.type == pafs.FileType.NotFound:
-        raise StorageError(f"{display(uri)}: bucket {bucket!r} does not exist (or these credentials cannot see "
+        raise StorageError(f"bucket {bucket!r} does not exist (or these credentials cannot see "
                            f"it). {where_credentials(scheme)}")
 
 
@@ -231,7 +234,7 @@ def check_s3_credentials(uri: str) -> None:
                os.path.exists(env.get("AWS_CONFIG_FILE", os.path.join(home, ".aws", "config")))]
     if any(sources) or _instance_metadata_reachable():
         return
-    raise StorageError(f"{display(uri)}: no AWS credentials found. {where_credentials('s3')} "
+    raise StorageError(f"no AWS credentials found. {where_credentials('s3')} "
                        "For a public bucket add ?anonymous=true to the URI.")
 
 
