@@ -101,3 +101,15 @@ def start(run_dir: str, cfg: ServeConfig, address: str | None = None, blocking: 
 
 def stop() -> None:
     serve.shutdown()
+
+
+def build(args: dict):
+    """The app for a Serve config file (`import_path: rayrec.serve.app:build`, as a KubeRay
+    RayService runs it): `args` holds `run` (a path or URI) and any ServeConfig field."""
+    from rayrec.config_io import from_dict
+
+    args = dict(args)
+    run = args.pop("run", None)
+    if not run:
+        raise ValueError("serve app args: `run` (the run directory or its URI) is required")
+    return RecommendEndpoint.bind(run if is_uri(run) else os.path.abspath(run), from_dict(ServeConfig, args, "serve app args"))
