@@ -86,6 +86,7 @@ def train_configs(a):
 
 def train_flags(a) -> dict:
     return dict(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, workers=a.workers, train_days=a.train_days,
+                placement=a.placement,
                 seed=a.seed, window_days=a.window_days, checkpoint_every=a.checkpoint_every,
                 tensorboard=a.tensorboard or None, mlflow=a.mlflow)
 
@@ -182,7 +183,7 @@ def cmd_submit(a) -> int:
     address = cluster_address(a.address)
     started = time.perf_counter()
     try:
-        c, job_id = submit(request, address)
+        c, job_id = submit(request, address, verbose=a.verbose)
     except RuntimeError as e:
         raise JobError(f"{address}: the job was not accepted: {str(e).splitlines()[0][:400]}") from None
     finally:
@@ -194,7 +195,7 @@ def cmd_submit(a) -> int:
         return 0
     print("its log follows (Ctrl-C detaches; the job goes on)", flush=True)
     try:
-        status = follow(c, job_id)
+        status = follow(c, job_id, verbose=a.verbose)
     except KeyboardInterrupt:
         print("\n" + detached_help(job_id, address))
         return 130
@@ -203,7 +204,7 @@ def cmd_submit(a) -> int:
 
 
 def cmd_jobs(a) -> int:
-    from rayrec.jobs import client, follow, format_jobs, wait
+    from rayrec.jobs import client, follow, format_jobs, wait, without_ray_info
 
     c = client(a.address)
     if a.action == "list":
@@ -218,7 +219,7 @@ def cmd_jobs(a) -> int:
             status = follow(c, a.id)
             print(f"job {a.id} {status}")
         else:
-            print(c.get_job_logs(a.id), end="")
+            print(without_ray_info(c.get_job_logs(a.id)), end="")
         return 0
     c.stop_job(a.id)
     print(f"stopping job {a.id} (SIGTERM: a training run keeps its last checkpoint and stopped.json)", flush=True)
@@ -286,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, help="sessions per step per worker")
     t.add_argument("--lr", type=float)
     t.add_argument("--workers", type=int, help="Ray Train workers; 0 runs in-process")
+    t.add_argument("--placement", choices=["pack", "spread"], help="pack workers onto few nodes (default) or "
+                   "spread them one per node")
     t.add_argument("--train-days", help="A:B (inclusive); default every day that has a next day")
     t.add_argument("--window-days", type=int, help="days per training window (default 1: day by day)")
     t.add_argument("--seed", type=int)
@@ -329,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--num-cpus", type=float, help="CPUs reserved for the entrypoint (default 0)")
     sb.add_argument("--num-gpus", type=float, help="GPUs reserved for the entrypoint (default 0)")
     sb.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    sb.add_argument("--verbose", action="store_true", help="also show Ray's own INFO lines")
     sb.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- rayrec VERB ... | PIPELINE.yaml")
     sb.set_defaults(func=cmd_submit)
 

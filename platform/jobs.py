@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shlex
 import sys
 import time
@@ -98,26 +99,38 @@ def probe(address: str, timeout: float = 10.0) -> None:
                        "whether the cluster is up") from None
 
 
-def client(address: str | None):
+def client(address: str | None, verbose: bool = False):
+    import logging
+
     from ray.job_submission import JobSubmissionClient
 
+    if not verbose:   # Ray's client logs every upload and websocket event at INFO
+        logging.getLogger("ray").setLevel(logging.WARNING)
     address = cluster_address(address)
     probe(address)
     return JobSubmissionClient(address, headers=_headers())
 
 
-def submit(request: JobRequest, address: str | None) -> tuple[object, str]:
-    c = client(address)
+def submit(request: JobRequest, address: str | None, verbose: bool = False) -> tuple[object, str]:
+    c = client(address, verbose)
     job_id = c.submit_job(entrypoint=request.entrypoint(), runtime_env=request.runtime_env(),
                           entrypoint_num_cpus=request.num_cpus, entrypoint_num_gpus=request.num_gpus)
     return c, job_id
 
 
-def follow(c, job_id: str, out=sys.stdout) -> str:
-    """Stream the job's log until it ends; return its final status."""
+RAY_JOB_INFO = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+\tINFO (job_manager|dashboard_sdk|sdk)\.py")
+
+
+def without_ray_info(text: str) -> str:
+    return "".join(line for line in text.splitlines(keepends=True) if not RAY_JOB_INFO.match(line))
+
+
+def follow(c, job_id: str, out=sys.stdout, verbose: bool = False) -> str:
+    """Stream the job's log until it ends (without Ray's own INFO lines unless `verbose`);
+    return its final status."""
     async def tail() -> None:
         async for chunk in c.tail_job_logs(job_id):
-            out.write(chunk)
+            out.write(chunk if verbose else without_ray_info(chunk))
             out.flush()
 
     try:
