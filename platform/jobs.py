@@ -105,7 +105,8 @@ def client(address: str | None, verbose: bool = False):
     from ray.job_submission import JobSubmissionClient
 
     if not verbose:   # Ray's client logs every upload and websocket event at INFO
-        logging.getLogger("ray").setLevel(logging.WARNING)
+        for name in ("ray", "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     address = cluster_address(address)
     probe(address)
     return JobSubmissionClient(address, headers=_headers())

@@ -6,6 +6,7 @@ interfaces. So `use_loopback()` must run before anything imports ray.
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 
@@ -26,11 +27,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         check_reachable(address)
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
         return
     ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory,
              include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
-             log_to_driver=True)
+             log_to_driver=True, logging_level=logging.WARNING)
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:

@@ -23,7 +23,11 @@ import ray
 @ray.remote(num_cpus=0)
 class DaskScheduler:
     async def start(self, host: str, security) -> str:
+        import logging
+
         from distributed import Scheduler
+
+        logging.getLogger("distributed").setLevel(logging.ERROR)
 
         self.scheduler = await Scheduler(host=host, port=0, dashboard=False, dashboard_address=None,
                                          security=security, protocol="tls")

@@ -30,7 +30,7 @@ from rayrec.models.session_model import SessionModel
 from rayrec.train.allocator import keep_freed_memory, restore_allocator
 from rayrec.train.config import TrainConfig
 from rayrec.train.data import load_batch, shard_rows, split_path
-from rayrec.train.progress import Progress
+from rayrec.train.progress import Progress, say
 from rayrec.train.sparse_sync import SparseRowSync, broadcast_from_rank0, catalogue_parameters, exclude_from_ddp
 from rayrec.train.reporting import PROGRESS, Reporter, all_reduce_sums, replica_check
 from rayrec.train.state import apply_train_state, position_text, read_train_state
@@ -83,13 +83,13 @@ def _train(spec: dict, tcfg: TrainConfig) -> None:
         earlier = [r.get("attempt", 0) for r in history] + ([state["partial"].get("attempt", 0)] if state else [])
         attempt = max(earlier, default=0) + 1
         if rank == 0:
-            print(f"[rayrec] restart {attempt} from the last checkpoint: {len(history)} window(s) done"
-                  f"{where(state)}", flush=True)
+            say(f"[rayrec] restart {attempt} from the last checkpoint: {len(history)} window(s) done"
+                f"{where(state)}")
     elif spec.get("resume_from"):  # `rayrec train --resume RUN`: that run's last checkpoint
         with local_copy(spec["resume_from"], "run checkpoint") as d:
             history, state = restore(model, d)
         if rank == 0 and state:
-            print(f"[rayrec] resuming {len(history)} finished window(s){where(state)}", flush=True)
+            say(f"[rayrec] resuming {len(history)} finished window(s){where(state)}")
     start = len(history)
     trained, planned = [r["train_day"] for r in history], [window[0] for window, _ in spec["days"]]
     if planned[:start] != trained:

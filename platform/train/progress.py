@@ -14,6 +14,14 @@ import sys
 import time
 
 
+def say(message: str) -> None:
+    """One line to the user from a training process. Ray Train 2.60 patches `print` in its
+    workers to log through the root logger and also tee to the (redirected) stdout, which
+    shows every printed line twice at the driver; a plain write shows it once."""
+    sys.stdout.write(message + "\n")
+    sys.stdout.flush()
+
+
 class Progress:
     def __init__(self, label: str, total_steps: int, enabled: bool, every: float = 10.0,
                  log_every: int = 50, step: int = 0, done: int = 0):
@@ -46,8 +54,8 @@ class Progress:
             self.bar.update(1)
         elif now - self.last_line >= self.every:
             self.last_line = now
-            print(f"[rayrec] {self.label} epoch {epoch + 1} step {self.step}/{self.total} loss {loss:.3f} "
-                  f"{rate:.0f} seq/s", flush=True)
+            say(f"[rayrec] {self.label} epoch {epoch + 1} step {self.step}/{self.total} loss {loss:.3f} "
+                f"{rate:.0f} seq/s")
 
     def take_curve(self) -> list[list[float]]:
         """The curve points since the last call (for the next report)."""

@@ -19,6 +19,7 @@ import torch.distributed as dist
 from rayrec.models.checkpoint import save_model
 from rayrec.models.session_model import SessionModel
 from rayrec.train.config import TrainConfig
+from rayrec.train.progress import say
 from rayrec.train.state import save_train_state
 
 PROGRESS = "progress.json"
@@ -49,10 +50,10 @@ class Reporter:
         history.append(record)
         metrics = {k: v for k, v in record.items() if isinstance(v, (int, float)) and v is not None}
         if self.rank == 0:
-            print(f"[rayrec] day {record['train_day']}: loss {record['train_loss']:.3f}, "
-                  f"{record['sequences_per_s']:.0f} seq/s"
-                  + (f", day {record['eval_day']} recall@20 {record['recall@20']:.3f} "
-                     f"ndcg@20 {record['ndcg@20']:.3f}" if record.get("eval_day") is not None else ""), flush=True)
+            say(f"[rayrec] day {record['train_day']}: loss {record['train_loss']:.3f}, "
+                f"{record['sequences_per_s']:.0f} seq/s"
+                + (f", day {record['eval_day']} recall@20 {record['recall@20']:.3f} "
+                   f"ndcg@20 {record['ndcg@20']:.3f}" if record.get("eval_day") is not None else ""))
         self.emit(model, history, metrics, curve, f"day-{record['train_day']:03d}")
 
     def emit(self, model: SessionModel, history: list[dict], metrics: dict, curve: list, name: str,
@@ -98,7 +99,7 @@ def replica_check(model: torch.nn.Module) -> dict:
     dist.all_gather_object(gathered, (digest.hexdigest(), node))
     in_sync = len({d for d, _ in gathered}) == 1
     if not in_sync:
-        print(f"[rayrec] WARNING: model replicas differ across ranks: {[d[:12] for d, _ in gathered]}", flush=True)
+        say(f"[rayrec] WARNING: model replicas differ across ranks: {[d[:12] for d, _ in gathered]}")
     return {"replicas_in_sync": int(in_sync), "nodes": len({n for _, n in gathered})}
 
 
