@@ -195,6 +195,7 @@ def run_etl(inputs: list[str], out: str, config: EtlConfig, workflow: Workflow, 
         for r in client.gather(client.map(combine_day, [join(parts, d) for d in days], out_dir=root.uri,
                                           cfg=config, split_key=key, time_col=time_col, pure=False)):
             by_day.update(r)
+        staged_bytes = sum(i.size for i in locate(stage).list(recursive=True) if i.type.name == "File")
         root.child("_tmp").delete()
         lap("combine")
         schema.save(root.uri)
@@ -208,6 +209,7 @@ def run_etl(inputs: list[str], out: str, config: EtlConfig, workflow: Workflow, 
             "pieces": len(pieces), "buckets": n_buckets,
             "seconds": round(time.perf_counter() - started, 2),
             "phase_seconds": {k: round(v, 2) for k, v in phases.items()},
+            "shuffled_bytes": staged_bytes,   # the staged buckets: what crosses nodes on a cluster
         }
         root.child("report.json").write_json(report)
     return report
