@@ -24,19 +24,20 @@ import psutil
 from s3server import moto_command, wait_http
 
 BIN = os.path.dirname(sys.executable)
+IP = shutil.which("ip", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") or "ip"
 
 
 def netns_available() -> str | None:
     """None when network namespaces can be made here, else why not."""
     if os.geteuid() != 0:
         return "network namespaces need root"
-    if not shutil.which("ip"):
+    if not os.path.isfile(IP):
         return "iproute2's `ip` is not installed"
     name = f"rrprobe{os.getpid()}"
-    made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    made = subprocess.run([IP, "netns", "add", name], capture_output=True, text=True)
     if made.returncode:
         return f"`ip netns add` failed: {made.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    subprocess.run([IP, "netns", "del", name], capture_output=True)
     return None
 
 
@@ -77,7 +78,7 @@ class NetnsCluster:
         return env
 
     def command(self, cmd: list[str], node: int = 0) -> list[str]:
-        return ["ip", "netns", "exec", self.ns[node], *cmd]
+        return [IP, "netns", "exec", self.ns[node], *cmd]
 
     def run(self, cmd: list[str], node: int = 0, timeout: float = 600, token: str | None = "cluster",
             **extra) -> subprocess.CompletedProcess:
@@ -109,13 +110,13 @@ class NetnsCluster:
     def _network(self) -> None:
         a, b = self.ns
         for ns in self.ns:
-            _sh("ip", "netns", "add", ns)
-        _sh("ip", "link", "add", f"{a}v", "type", "veth", "peer", "name", f"{b}v")
+            _sh(IP, "netns", "add", ns)
+        _sh(IP, "link", "add", f"{a}v", "type", "veth", "peer", "name", f"{b}v")
         for ns, ip in zip(self.ns, self.ip):
-            _sh("ip", "link", "set", f"{ns}v", "netns", ns)
-            _sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", f"{ns}v")
-            _sh("ip", "-n", ns, "link", "set", f"{ns}v", "up")
-            _sh("ip", "-n", ns, "link", "set", "lo", "up")
+            _sh(IP, "link", "set", f"{ns}v", "netns", ns)
+            _sh(IP, "-n", ns, "addr", "add", f"{ip}/24", "dev", f"{ns}v")
+            _sh(IP, "-n", ns, "link", "set", f"{ns}v", "up")
+            _sh(IP, "-n", ns, "link", "set", "lo", "up")
 
     def _start(self) -> None:
         subprocess.Popen(self.command(moto_command(self.ip[0], 9000)), env=self.env(), stdout=subprocess.DEVNULL,
@@ -166,22 +167,26 @@ class NetnsCluster:
         return mine
 
     def __exit__(self, *exc) -> None:
-        for _ in range(3):   # Ray restarts some of its agents while others are stopping
+        for sig in ("terminate", "kill", "kill"):   # Ray restarts some agents while others stop
             procs = self.own_processes()
             if not procs:
                 break
             for p in procs:
                 try:
-                    p.terminate()
+                    getattr(p, sig)()
                 except psutil.NoSuchProcess:
                     pass
-            _, alive = psutil.wait_procs(procs, timeout=10)
-            for p in alive:
-                try:
-                    p.kill()
-                except psutil.NoSuchProcess:
-                    pass
-            psutil.wait_procs(alive, timeout=5)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and any(_alive(p) for p in procs):
+                time.sleep(0.2)
         for ns in self.ns:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            subprocess.run([IP, "netns", "del", ns], capture_output=True)
         shutil.rmtree(os.path.dirname(self.temp_dirs[0]), ignore_errors=True)
+
+
+def _alive(p: psutil.Process) -> bool:
+    """Running and not a zombie (psutil's wait can block on processes that are not our children)."""
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
