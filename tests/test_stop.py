@@ -59,3 +59,14 @@ def test_importing_rayrec_sets_no_environment_variable():
     env = {k: v for k, v in os.environ.items() if k != "ACERO_ALIGNMENT_HANDLING"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     assert out.strip() == "set()", out
+
+
+def test_an_unreachable_ray_address_fails_in_seconds_naming_it(etl_dir, tmp_path, capsys):
+    from rayrec.cli import main
+
+    started = time.monotonic()
+    code = main(["train", "--data", etl_dir, "--out", str(tmp_path / "r"), "--address", "127.0.0.1:9"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot reach the Ray cluster at 127.0.0.1:9" in err and "ray status" in err
+    assert time.monotonic() - started < 60          # ray.init alone would wait for minutes
+    assert not (tmp_path / "r").exists() and not list(tmp_path.glob(".r.tmp-*"))

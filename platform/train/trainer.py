@@ -88,6 +88,8 @@ def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: Tra
                 "resume_from": join(resume if is_uri(resume) else os.path.abspath(resume), "checkpoint")
                 if resume else None,
                 "local_tracker": tracker if train_cfg.workers == 0 and tracker.enabled else None}
+        if train_cfg.workers == 0:  # in-process: Ray logs "local mode" and every report at INFO, which
+            logging.getLogger("ray.train").setLevel(logging.WARNING)   # would bury the progress lines
         trainer = TorchTrainer(
             train_loop_per_worker, train_loop_config=spec,
             scaling_config=scaling(train_cfg),
@@ -106,8 +108,6 @@ def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: Tra
             # the controller collects one report per worker per poll (default every 2 s); a
             # report waits for it: measured 1.6-1.8 s per report at 2 s, 0.19 s at 0.2 s
             os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
-        else:  # in-process: Ray logs every report at INFO, which would bury the progress lines
-            logging.getLogger("ray.train").setLevel(logging.WARNING)
         try:
             with own_signals():
                 result = trainer.fit()
