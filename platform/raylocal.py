@@ -29,6 +29,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
         check_reachable(address)
         ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
         return
+    # a private cluster of this process: Ray's notice that it turned token auth on is not the user's concern
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory,
              include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
              log_to_driver=True, logging_level=logging.WARNING)

@@ -108,6 +108,10 @@ def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: Tra
             # the controller collects one report per worker per poll (default every 2 s); a
             # report waits for it: measured 1.6-1.8 s per report at 2 s, 0.19 s at 0.2 s
             os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+            if not (address or os.environ.get("RAY_ADDRESS")):
+                # a private local cluster has no node to be preempted; Ray's watcher for it
+                # logs an error line at every start
+                os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         try:
             with own_signals():
                 result = trainer.fit()
