@@ -85,3 +85,89 @@ def test_every_train_option_is_documented():
 
     doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "train-config.md")).read()
     assert not [f.name for f in dataclasses.fields(TrainConfig) if f"`{f.name}`" not in doc]
+
+
+# --- each option does what it says: the gradients the optimizer applies, seen by torch's
+# optimizer step hook, in the loop rayrec trains with (train_one_day) ----------------------
+def applied_gradients(tcfg, data, dtype=torch.float64, arch="gpt2", seed=0):
+    """The gradients at every optimizer step of one window, and the loop's result."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    import model_data as md
+    from rayrec.train.loop import train_one_day
+
+    torch.manual_seed(seed)
+    m = md.model(arch=arch).to(dtype)
+    seen = []
+    hook = register_optimizer_step_pre_hook(lambda opt, args, kwargs: seen.append(
+        [p.grad.detach().clone() for g in opt.param_groups for p in g["params"] if p.grad is not None]))
+    try:
+        out = train_one_day(m, tcfg, data, 0, 1, 1)
+    finally:
+        hook.remove()
+    return seen, out
+
+
+def full_sessions(n, seed=4):
+    """Sessions of equal length, so every micro-batch holds as many targets as any other."""
+    import model_data as md
+
+    return md.sessions(n, seed=seed, min_len=md.MAX_LEN, max_len=md.MAX_LEN)
+
+
+def norm(grads):
+    return float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+
+
+def test_grad_accum_3_applies_the_gradient_of_a_batch_three_times_larger():
+    data = full_sessions(24)
+    accum, _ = applied_gradients(TrainConfig(workers=0, epochs=1, batch_size=8, grad_accum=3), data)
+    big, _ = applied_gradients(TrainConfig(workers=0, epochs=1, batch_size=24, grad_accum=1), data)
+    assert len(accum) == len(big) == 1                       # one optimizer step over the three micro-batches
+    assert len(accum[0]) == len(big[0])
+    for a, b in zip(accum[0], big[0]):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-14)  # float64: the same update
+
+
+def test_grad_clip_bounds_the_norm_that_is_applied():
+    data = full_sessions(16)
+    free, _ = applied_gradients(TrainConfig(workers=0, epochs=1, batch_size=16), data)
+    limit = norm(free[0]) / 4
+    clipped, _ = applied_gradients(TrainConfig(workers=0, epochs=1, batch_size=16, grad_clip=limit), data)
+    assert norm(clipped[0]) == pytest.approx(limit, rel=1e-6)
+    for c, f in zip(clipped[0], free[0]):                    # the same direction, scaled down
+        assert torch.allclose(c, f * (limit / norm(free[0])), rtol=1e-6, atol=1e-15)
+    loose, _ = applied_gradients(TrainConfig(workers=0, epochs=1, batch_size=16, grad_clip=norm(free[0]) * 2), data)
+    assert all(torch.equal(a, b) for a, b in zip(loose[0], free[0]))   # below the limit: untouched
+
+
+def test_bf16_stays_within_two_percent_of_fp32():
+    """bf16 autocast keeps 8 bits of mantissa: the losses of a window stay within 2% of fp32's."""
+    import model_data as md
+
+    data = md.sessions(256, seed=5)
+    tcfg = TrainConfig(workers=0, epochs=2, batch_size=32, lr=5e-3)
+    _, fp32 = applied_gradients(tcfg, data, dtype=torch.float32)
+    _, bf16 = applied_gradients(TrainConfig(**{**tcfg.__dict__, "precision": "bf16"}), data, dtype=torch.float32)
+    assert bf16["first_loss"] == pytest.approx(fp32["first_loss"], rel=0.02)
+    assert bf16["train_loss"] == pytest.approx(fp32["train_loss"], rel=0.02)
+    assert bf16["train_loss"] != fp32["train_loss"]          # autocast did run
+
+
+def test_train_seed_varies_the_body_and_repeats_exactly(etl_dir, tmp_path):
+    import model_data as md
+
+    def body_weights(seed):
+        torch.manual_seed(seed)
+        m = md.build_model(md.schema(), ModelConfig(arch="gpt2", d_model=32, n_head=2, n_layer=1, max_len=md.MAX_LEN))
+        return {k: v for k, v in m.state_dict().items() if k.startswith("body.")}
+
+    one, again, other = body_weights(1), body_weights(1), body_weights(2)
+    assert all(torch.equal(one[k], again[k]) for k in one)
+    assert any(not torch.equal(one[k], other[k]) for k in one if one[k].is_floating_point())
+    runs = [run_training(etl_dir, str(tmp_path / f"r{i}"), MODEL,
+                         TrainConfig(workers=0, epochs=1, batch_size=64, train_days="1:1", seed=s))
+            for i, s in enumerate((3, 3, 4))]
+    assert runs[0]["days"][0]["train_loss"] == runs[1]["days"][0]["train_loss"]
+    assert runs[0]["days"][0]["ndcg@20"] == runs[1]["days"][0]["ndcg@20"]
+    assert runs[0]["days"][0]["train_loss"] != runs[2]["days"][0]["train_loss"]

@@ -116,8 +116,11 @@ def _build_hf(cfg: ModelConfig) -> HFBody:
         AutoConfig.for_model(cfg.arch)
     except ValueError:
         raise ValueError(f"model.arch {cfg.arch!r} is neither gru/lstm nor a transformers model type") from None
+    # one draw from the caller's generator seeds the body (so train.seed varies its initial
+    # weights), whichever of the variants below is kept: the caller's stream moves by one
+    seed = int(torch.randint(0, 2**62, (1,)))
     with torch.random.fork_rng():
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         body = HFBody(use_fast_xlnet(AutoModel.from_config(AutoConfig.for_model(cfg.arch, **settings))), cfg, None)
         if is_causal(body, cfg):
             body.causal_by = CAUSAL_NATIVE
