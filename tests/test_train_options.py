@@ -171,3 +171,18 @@ def test_train_seed_varies_the_body_and_repeats_exactly(etl_dir, tmp_path):
     assert runs[0]["days"][0]["train_loss"] == runs[1]["days"][0]["train_loss"]
     assert runs[0]["days"][0]["ndcg@20"] == runs[1]["days"][0]["ndcg@20"]
     assert runs[0]["days"][0]["train_loss"] != runs[2]["days"][0]["train_loss"]
+
+
+def test_the_run_spec_crosses_to_workers_as_json_and_comes_back_equal(etl_dir):
+    import json
+
+    from rayrec.models.features import resolve_features
+    from rayrec.schema import Schema
+    from rayrec.train.spec import RunSpec
+
+    cfg = MODEL
+    spec = RunSpec(cfg, TrainConfig(workers=2, checkpoint_every=5, train_days="1:2"), etl_dir, "product_id-list",
+                   resolve_features(Schema.load(etl_dir), cfg), [([1], 2), ([2], None)], "/tmp/scratch")
+    text = spec.to_json()
+    assert json.loads(text)["train"]["checkpoint_every"] == 5     # plain JSON: no live object rides along
+    assert RunSpec.from_json(text) == spec

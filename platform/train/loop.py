@@ -24,13 +24,12 @@ from rayrec.files import local_copy
 from rayrec.metrics import finalize
 from rayrec.models.batch import Batch, concat_batches, take, to_tensors
 from rayrec.models.checkpoint import load_weights, new_model
-from rayrec.models.config import ModelConfig
-from rayrec.models.features import FeatureSpec
 from rayrec.models.session_model import SessionModel
 from rayrec.train.allocator import keep_freed_memory, restore_allocator
 from rayrec.train.config import TrainConfig
 from rayrec.train.data import load_batch, shard_rows, split_path
 from rayrec.train.progress import Progress, say
+from rayrec.train.spec import RunSpec
 from rayrec.train.sparse_sync import SparseRowSync, broadcast_from_rank0, catalogue_parameters, exclude_from_ddp
 from rayrec.train.reporting import PROGRESS, Reporter, all_reduce_sums, replica_check
 from rayrec.train.state import apply_train_state, position_text, read_train_state
@@ -38,10 +37,12 @@ from rayrec.train.optim import autocast, grad_scaler, make_optimizer, make_sched
 from rayrec.train.evaluate import model_metric_sums
 
 
-def train_loop_per_worker(spec: dict) -> None:
-    tcfg = TrainConfig(**spec["train"])
-    with training_process(tcfg.threads_per_worker):
-        _train(spec, tcfg)
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train's entry point: `config` holds the RunSpec as JSON and, in-process only,
+    the driver's tracker."""
+    spec = RunSpec.from_json(config["spec"])
+    with training_process(spec.train.threads_per_worker):
+        _train(spec, config.get("tracker"))
 
 
 @contextlib.contextmanager
@@ -60,19 +61,18 @@ def training_process(threads: int):
             restore_allocator()
 
 
-def _train(spec: dict, tcfg: TrainConfig) -> None:
-    mcfg = ModelConfig(**spec["model"])
+def _train(spec: RunSpec, tracker=None) -> None:
+    tcfg, mcfg, features = spec.train, spec.model, spec.features
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     quiet_report_log()
     torch.manual_seed(tcfg.seed)
-    features = [FeatureSpec(**f) for f in spec["features"]]
     model = new_model(mcfg, features)
     targets = [h.target for h in mcfg.heads]
-    reporter = Reporter(spec, rank, tcfg)
+    reporter = Reporter(spec, rank, tracker)
 
     def load(day: int, split: str) -> Batch:  # this worker's shard of the day's split
-        return load_batch(split_path(spec["data_dir"], day, split), features, targets, mcfg.max_len, rank, world)
+        return load_batch(split_path(spec.data_dir, day, split), features, targets, mcfg.max_len, rank, world)
 
     history: list[dict] = []
     attempt, state = 0, None  # worker-group restarts so far; a window's unfinished training state
@@ -85,13 +85,13 @@ def _train(spec: dict, tcfg: TrainConfig) -> None:
         if rank == 0:
             say(f"[rayrec] restart {attempt} from the last checkpoint: {len(history)} window(s) done"
                 f"{where(state)}")
-    elif spec.get("resume_from"):  # `rayrec train --resume RUN`: that run's last checkpoint
-        with local_copy(spec["resume_from"], "run checkpoint") as d:
+    elif spec.resume_from:  # `rayrec train --resume RUN`: that run's last checkpoint
+        with local_copy(spec.resume_from, "run checkpoint") as d:
             history, state = restore(model, d)
         if rank == 0 and state:
             say(f"[rayrec] resuming {len(history)} finished window(s){where(state)}")
     start = len(history)
-    trained, planned = [r["train_day"] for r in history], [window[0] for window, _ in spec["days"]]
+    trained, planned = [r["train_day"] for r in history], [window[0] for window, _ in spec.days]
     if planned[:start] != trained:
         raise ValueError(f"the checkpoint has trained days {trained}, which do not begin the planned days {planned}")
     device = ray.train.torch.get_device() if tcfg.use_gpu else torch.device("cpu")
@@ -107,7 +107,7 @@ def _train(spec: dict, tcfg: TrainConfig) -> None:
         row_sync = SparseRowSync(list(sparse.values()))
     global_step = history[-1].get("global_step", 0) if history else 0
 
-    for step, (window, eval_day) in enumerate(spec["days"]):
+    for step, (window, eval_day) in enumerate(spec.days):
         if step < start:
             continue
         train_day = window[0]
@@ -124,7 +124,7 @@ def _train(spec: dict, tcfg: TrainConfig) -> None:
         global_step = train["global_step"]
         record = {"train_day": train_day, "window": window, "eval_day": eval_day, "attempt": attempt, **train}
         if eval_day is not None:
-            batch = load_batch(split_path(spec["data_dir"], eval_day, tcfg.eval_split), features, targets,
+            batch = load_batch(split_path(spec.data_dir, eval_day, tcfg.eval_split), features, targets,
                                mcfg.max_len, rank, world, cover_all=True)
             scores = finalize(all_reduce_sums(model_metric_sums(core, batch, tcfg.eval_batch_size, device=device)))
             if scores["count"]:

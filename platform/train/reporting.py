@@ -3,7 +3,7 @@ collectives that make those numbers whole (metric sums, the replica check).
 
 Every rank reports at the same points (Ray Train needs all of them); rank 0 attaches the
 checkpoint and the loss curve. In-process runs (`--workers 0`) have no Ray controller to
-run callbacks, so the driver's tracker is handed in through the spec and called here.
+run callbacks, so the driver's tracker is handed to the loop and called here.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from rayrec.models.checkpoint import save_model
 from rayrec.models.session_model import SessionModel
-from rayrec.train.config import TrainConfig
+from rayrec.train.spec import RunSpec
 from rayrec.train.progress import say
 from rayrec.train.state import save_train_state
 
@@ -26,9 +26,9 @@ PROGRESS = "progress.json"
 
 
 class Reporter:
-    def __init__(self, spec: dict, rank: int, tcfg: TrainConfig):
-        self.spec, self.rank, self.tcfg = spec, rank, tcfg
-        self.local = tcfg.workers == 0  # Ray keeps no copy: the newest scratch directory is the checkpoint
+    def __init__(self, spec: RunSpec, rank: int, tracker=None):
+        self.spec, self.rank, self.tcfg, self.tracker = spec, rank, spec.train, tracker
+        self.local = spec.train.workers == 0  # Ray keeps no copy: the newest scratch directory is the checkpoint
         self.last: str | None = None
 
     def partial(self, model: SessionModel, history: list[dict], partial: dict, optimizer, schedule) -> None:
@@ -63,8 +63,8 @@ class Reporter:
         if self.rank != 0:
             ray.train.report(metrics, checkpoint=None)
             return
-        directory = os.path.join(self.spec["scratch"], name)
-        save_model(model, directory, extra={"item_col": self.spec["item_col"]})
+        directory = os.path.join(self.spec.scratch, name)
+        save_model(model, directory, extra={"item_col": self.spec.item_col})
         if write_more is not None:
             write_more(directory)
         with open(os.path.join(directory, PROGRESS + ".tmp"), "w") as f:  # written last, renamed into place:
@@ -84,8 +84,8 @@ class Reporter:
             # collects them pile up (each holding a checkpoint on local disk), and a worker
             # lost mid-backlog leaves every persisted but unregistered one behind in storage.
             ray.train.report(metrics, checkpoint=checkpoint, delete_local_checkpoint_after_upload=True)
-        if self.spec.get("local_tracker") is not None:
-            self.spec["local_tracker"].log(metrics)
+        if self.tracker is not None:
+            self.tracker.log(metrics)
 
 
 def replica_check(model: torch.nn.Module) -> dict:

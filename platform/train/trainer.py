@@ -28,6 +28,7 @@ from rayrec.train.config import TrainConfig, parse_days
 from rayrec.train.data import day_dirs, load_items, split_path
 from rayrec.train.evaluate import item_counts, popularity_metric_sums
 from rayrec.train.reporting import PROGRESS
+from rayrec.train.spec import RunSpec
 from rayrec.train.tracking import Tracker, TrackerCallback
 from rayrec.metrics import finalize
 from rayrec.plot import plot_days
@@ -82,16 +83,15 @@ def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: Tra
         name = "rayrec-" + os.path.basename(tmp).lstrip(".")
         tracker = Tracker(train_cfg, os.path.join(tmp, "tensorboard"), os.path.basename(os.path.abspath(out)))
         tracker.start(config)
-        spec = {"model": asdict(model_cfg), "train": asdict(train_cfg), "data_dir": data_dir,
-                "item_col": item.name, "features": [asdict(f) for f in features], "days": days,
-                "scratch": os.path.join(tmp, "scratch"),
-                "resume_from": join(resume if is_uri(resume) else os.path.abspath(resume), "checkpoint")
-                if resume else None,
-                "local_tracker": tracker if train_cfg.workers == 0 and tracker.enabled else None}
+        spec = RunSpec(model_cfg, train_cfg, data_dir, item.name, features, days, os.path.join(tmp, "scratch"),
+                       join(resume if is_uri(resume) else os.path.abspath(resume), "checkpoint") if resume else None)
+        loop_config = {"spec": spec.to_json()}
+        if train_cfg.workers == 0 and tracker.enabled:   # the loop runs in this process
+            loop_config["tracker"] = tracker
         if train_cfg.workers == 0:  # in-process: Ray logs "local mode" and every report at INFO, which
             logging.getLogger("ray.train").setLevel(logging.WARNING)   # would bury the progress lines
         trainer = TorchTrainer(
-            train_loop_per_worker, train_loop_config=spec,
+            train_loop_per_worker, train_loop_config=loop_config,
             scaling_config=scaling(train_cfg),
             torch_config=TorchConfig(backend="nccl" if train_cfg.use_gpu else "gloo"),
             run_config=RunConfig(name=name, storage_path=storage,
