@@ -182,8 +182,14 @@ def _filesystem(scheme: str, netloc: str, query: str, check: bool) -> pafs.FileS
         check_s3_credentials(uri)
     try:
         fs = pafs.FileSystem.from_uri(uri)[0]
-    except (ValueError, OSError) as e:   # pyarrow knows no such scheme (ArrowInvalid is a ValueError)
+    except ValueError as e:   # pyarrow knows no such scheme (ArrowInvalid is a ValueError)
         fs = _fsspec(scheme, uri, e)
+    except OSError as e:      # a scheme pyarrow knows, a store it cannot reach (region, endpoint, network)
+        if scheme not in ("s3", "gs", "gcs", "abfs", "abfss", "az"):
+            fs = _fsspec(scheme, uri, e)
+        else:
+            raise StorageError(f"cannot reach the store: {str(e).splitlines()[0][:300]}. "
+                               + where_credentials(scheme)) from None
     if check and scheme in ("s3", "gs", "gcs", "abfs", "abfss", "az"):
         probe(fs, uri, scheme, netloc)
     return fs
