@@ -143,7 +143,7 @@ def test_an_interrupted_run_resumes_inside_its_window_to_the_same_result(etl_dir
               "--checkpoint-every", every]
     assert main(["train", *common, "--out", str(tmp_path / "whole")]) == 0
     finished, fired = threading.Event(), []
-    pattern = str(tmp_path / ".part.tmp-*" / "scratch" / "day-002-epoch-*" / "progress.json")
+    pattern = str(tmp_path / ".part.tmp-*" / "scratch" / "*-day-002-epoch-*" / "progress.json")
     watcher = threading.Thread(target=interrupt_when, args=(pattern, finished, fired))
     watcher.start()
     try:

@@ -22,7 +22,7 @@ def test_sigterm_keeps_the_checkpoint_and_resume_finishes_the_run(etl_dir, tmp_p
     assert main(["train", "--data", etl_dir, *COMMON, "--out", str(tmp_path / "whole")]) == 0
     proc = subprocess.Popen([RAYREC, "train", "--data", etl_dir, *COMMON, "--out", str(tmp_path / "part")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    pattern = str(tmp_path / ".part.tmp-*" / "scratch" / "day-002-epoch-*" / "progress.json")
+    pattern = str(tmp_path / ".part.tmp-*" / "scratch" / "*-day-002-epoch-*" / "progress.json")
     deadline = time.monotonic() + 300
     while not glob.glob(pattern) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)

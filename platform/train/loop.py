@@ -9,7 +9,6 @@ from the last reported checkpoint: the next window, or, with checkpoints inside 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
@@ -23,7 +22,7 @@ import torch
 from rayrec.files import local_copy
 from rayrec.metrics import finalize
 from rayrec.models.batch import Batch, concat_batches, take, to_tensors
-from rayrec.models.checkpoint import load_weights, new_model
+from rayrec.models.checkpoint import new_model
 from rayrec.models.session_model import SessionModel
 from rayrec.train.allocator import keep_freed_memory, restore_allocator
 from rayrec.train.config import TrainConfig
@@ -31,18 +30,29 @@ from rayrec.train.data import load_batch, shard_rows, split_path
 from rayrec.train.progress import Progress, say
 from rayrec.train.spec import RunSpec
 from rayrec.train.sparse_sync import SparseRowSync, broadcast_from_rank0, catalogue_parameters, exclude_from_ddp
-from rayrec.train.reporting import PROGRESS, Reporter, all_reduce_sums, replica_check
-from rayrec.train.state import apply_train_state, position_text, read_train_state
+from rayrec.train import checkpoints
+from rayrec.train.checkpoints import CheckpointManager, apply_train_state, position_text
+from rayrec.train.reporting import Reporter, all_reduce_sums, replica_check
+from rayrec.train.session import Listener, LocalSession, RaySession
 from rayrec.train.optim import autocast, grad_scaler, make_optimizer, make_schedule
 from rayrec.train.evaluate import model_metric_sums
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train's entry point: `config` holds the RunSpec as JSON and, in-process only,
-    the driver's tracker."""
+    """Ray Train's entry point: `config` holds the RunSpec as JSON."""
     spec = RunSpec.from_json(config["spec"])
     with training_process(spec.train.threads_per_worker):
-        _train(spec, config.get("tracker"))
+        quiet_report_log()
+        _train(spec, RaySession(spec.scratch))
+
+
+def run_in_process(spec: RunSpec, listeners: list[Listener] = ()) -> CheckpointManager:
+    """The loop in the caller's process, its checkpoints kept in `spec.scratch` (resumed
+    from, when an earlier attempt left some there). Returns their manager."""
+    manager = CheckpointManager(spec.scratch, spec.train.keep_checkpoints, spec.train.checkpoint_metric)
+    with training_process(spec.train.threads_per_worker):
+        _train(spec, LocalSession(manager, listeners))
+    return manager
 
 
 @contextlib.contextmanager
@@ -61,25 +71,24 @@ def training_process(threads: int):
             restore_allocator()
 
 
-def _train(spec: RunSpec, tracker=None) -> None:
+def _train(spec: RunSpec, session: RaySession | LocalSession) -> None:
     tcfg, mcfg, features = spec.train, spec.model, spec.features
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    quiet_report_log()
+    rank, world = session.rank, session.world
     torch.manual_seed(tcfg.seed)
     model = new_model(mcfg, features)
     targets = [h.target for h in mcfg.heads]
-    reporter = Reporter(spec, rank, tracker)
+    reporter = Reporter(spec, session)
 
     def load(day: int, split: str) -> Batch:  # this worker's shard of the day's split
         return load_batch(split_path(spec.data_dir, day, split), features, targets, mcfg.max_len, rank, world)
 
     history: list[dict] = []
     attempt, state = 0, None  # worker-group restarts so far; a window's unfinished training state
-    checkpoint = ray.train.get_checkpoint()  # after a failure: the group's last checkpoint
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            history, state = restore(model, d)
+    with session.restored() as d:  # after a failure: the group's (or the earlier attempt's) last checkpoint
+        restarted = d is not None
+        if restarted:
+            history, state = checkpoints.load(model, d)
+    if restarted:
         earlier = [r.get("attempt", 0) for r in history] + ([state["partial"].get("attempt", 0)] if state else [])
         attempt = max(earlier, default=0) + 1
         if rank == 0:
@@ -87,14 +96,15 @@ def _train(spec: RunSpec, tracker=None) -> None:
                 f"{where(state)}")
     elif spec.resume_from:  # `rayrec train --resume RUN`: that run's last checkpoint
         with local_copy(spec.resume_from, "run checkpoint") as d:
-            history, state = restore(model, d)
+            history, state = checkpoints.load(model, d)
         if rank == 0 and state:
             say(f"[rayrec] resuming {len(history)} finished window(s){where(state)}")
     start = len(history)
     trained, planned = [r["train_day"] for r in history], [window[0] for window, _ in spec.days]
     if planned[:start] != trained:
         raise ValueError(f"the checkpoint has trained days {trained}, which do not begin the planned days {planned}")
-    device = ray.train.torch.get_device() if tcfg.use_gpu else torch.device("cpu")
+    device = torch.device("cpu") if not tcfg.use_gpu else \
+        ray.train.torch.get_device() if isinstance(session, RaySession) else torch.device("cuda")
     sparse = catalogue_parameters(model, features[0].cardinality) \
         if world > 1 and tcfg.sparse_embedding_sync(mcfg.loss) else {}
     if sparse:
@@ -122,7 +132,8 @@ def _train(spec: RunSpec, tracker=None) -> None:
                               row_sync=row_sync)
         state = None
         global_step = train["global_step"]
-        record = {"train_day": train_day, "window": window, "eval_day": eval_day, "attempt": attempt, **train}
+        record = {"train_day": train_day, "window": window, "window_index": step + 1, "eval_day": eval_day,
+                  "attempt": attempt, **train}
         if eval_day is not None:
             batch = load_batch(split_path(spec.data_dir, eval_day, tcfg.eval_split), features, targets,
                                mcfg.max_len, rank, world, cover_all=True)
@@ -146,15 +157,6 @@ def quiet_report_log() -> None:
 
 def where(state: dict | None) -> str:
     return f", resuming at {position_text(state['partial'])}" if state else ""
-
-
-def restore(model: torch.nn.Module, directory: str) -> tuple[list[dict], dict | None]:
-    """Weights, the per-window history and, for a checkpoint inside a window, the
-    optimizer and schedule state with the window's position."""
-    load_weights(model, directory)
-    with open(os.path.join(directory, PROGRESS)) as f:
-        history = json.load(f)["history"]
-    return history, read_train_state(directory)
 
 
 def train_one_day(model, tcfg: TrainConfig, data: Batch, rank: int, world: int, day: int,

@@ -2,34 +2,25 @@
 collectives that make those numbers whole (metric sums, the replica check).
 
 Every rank reports at the same points (Ray Train needs all of them); rank 0 attaches the
-checkpoint and the loss curve. In-process runs (`--workers 0`) have no Ray controller to
-run callbacks, so the driver's tracker is handed to the loop and called here.
+checkpoint and the loss curve. Where a report goes is the session's business (session.py).
 """
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import shutil
 
-import ray.train
+import ray
 import torch
 import torch.distributed as dist
 
-from rayrec.models.checkpoint import save_model
 from rayrec.models.session_model import SessionModel
-from rayrec.train.spec import RunSpec
+from rayrec.train import checkpoints
 from rayrec.train.progress import say
-from rayrec.train.state import save_train_state
-
-PROGRESS = "progress.json"
+from rayrec.train.spec import RunSpec
 
 
 class Reporter:
-    def __init__(self, spec: RunSpec, rank: int, tracker=None):
-        self.spec, self.rank, self.tcfg, self.tracker = spec, rank, spec.train, tracker
-        self.local = spec.train.workers == 0  # Ray keeps no copy: the newest scratch directory is the checkpoint
-        self.last: str | None = None
+    def __init__(self, spec: RunSpec, session):
+        self.spec, self.session, self.tcfg = spec, session, spec.train
 
     def partial(self, model: SessionModel, history: list[dict], partial: dict, optimizer, schedule) -> None:
         """A checkpoint inside a window: weights, optimizer, schedule and the position
@@ -41,51 +32,31 @@ class Reporter:
         if self.tcfg.checkpoint_metric:
             metrics[self.tcfg.checkpoint_metric] = history[-1].get(self.tcfg.checkpoint_metric, 0.0) \
                 if history else 0.0
-        name = f"day-{partial['window']:03d}-epoch-{partial['epochs_done']:03d}-batch-{partial['micro_done']:06d}"
-        self.emit(model, history, metrics, curve, name, lambda d: save_train_state(d, optimizer, schedule, partial))
+        self.emit(model, history, metrics, curve, checkpoints.name_for(partial, None),
+                  dict(optimizer=optimizer, schedule=schedule, partial=partial))
 
     def window(self, model: SessionModel, record: dict, history: list[dict]) -> None:
         """The end of a window: its record joins the history and is reported with the weights."""
         curve = record.pop("curve")
         history.append(record)
         metrics = {k: v for k, v in record.items() if isinstance(v, (int, float)) and v is not None}
-        if self.rank == 0:
+        if self.session.rank == 0:
             say(f"[rayrec] day {record['train_day']}: loss {record['train_loss']:.3f}, "
                 f"{record['sequences_per_s']:.0f} seq/s"
                 + (f", day {record['eval_day']} recall@20 {record['recall@20']:.3f} "
                    f"ndcg@20 {record['ndcg@20']:.3f}" if record.get("eval_day") is not None else ""))
-        self.emit(model, history, metrics, curve, f"day-{record['train_day']:03d}")
+        self.emit(model, history, metrics, curve, checkpoints.name_for(None, record))
 
     def emit(self, model: SessionModel, history: list[dict], metrics: dict, curve: list, name: str,
-             write_more=None) -> None:
+             train_state: dict | None = None) -> None:
         """Every rank reports `metrics`; rank 0 attaches the loss curve and the checkpoint:
-        weights, the history of finished windows and whatever `write_more(directory)` adds."""
-        if self.rank != 0:
-            ray.train.report(metrics, checkpoint=None)
+        weights, the history of finished windows and, inside a window, `train_state`."""
+        if self.session.rank != 0:
+            self.session.report(metrics, None)
             return
-        directory = os.path.join(self.spec.scratch, name)
-        save_model(model, directory, extra={"item_col": self.spec.item_col})
-        if write_more is not None:
-            write_more(directory)
-        with open(os.path.join(directory, PROGRESS + ".tmp"), "w") as f:  # written last, renamed into place:
-            json.dump({"history": history}, f, indent=2)                    # its presence marks a whole checkpoint
-        os.replace(os.path.join(directory, PROGRESS + ".tmp"), os.path.join(directory, PROGRESS))
-        metrics = dict(metrics, curve=curve)
-        checkpoint = ray.train.Checkpoint.from_directory(directory)
-        if self.local:
-            ray.train.report(metrics, checkpoint=checkpoint)
-            if self.last and self.last != directory:
-                shutil.rmtree(self.last, ignore_errors=True)
-            self.last = directory
-        else:
-            # Synchronous: the report returns once Ray's controller has collected it (it polls
-            # every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, which rayrec sets to 0.25 s). Uploading
-            # asynchronously returns at once, but reports made faster than the controller
-            # collects them pile up (each holding a checkpoint on local disk), and a worker
-            # lost mid-backlog leaves every persisted but unregistered one behind in storage.
-            ray.train.report(metrics, checkpoint=checkpoint, delete_local_checkpoint_after_upload=True)
-        if self.tracker is not None:
-            self.tracker.log(metrics)
+        directory = self.session.checkpoint_dir(name)
+        checkpoints.save(directory, model, history, self.spec.item_col, **(train_state or {}))
+        self.session.report(dict(metrics, curve=curve), directory)
 
 
 def replica_check(model: torch.nn.Module) -> dict:

@@ -11,15 +11,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import logging
 import os
 import shutil
-import signal
-import threading
 from dataclasses import asdict
 
 from rayrec.files import require_complete, staged_output
-from rayrec.raylocal import init_ray
 from rayrec.storage import display, is_uri, join, locate, parent_and_name
 from rayrec.models.config import ModelConfig
 from rayrec.models.features import resolve_features
@@ -27,7 +23,8 @@ from rayrec.schema import Schema
 from rayrec.train.config import TrainConfig, parse_days
 from rayrec.train.data import day_dirs, load_items, split_path
 from rayrec.train.evaluate import item_counts, popularity_metric_sums
-from rayrec.train.reporting import PROGRESS
+from rayrec.train.fit import fit, latest_checkpoint
+from rayrec.train.session import Listener
 from rayrec.train.spec import RunSpec
 from rayrec.train.tracking import Tracker, TrackerCallback
 from rayrec.metrics import finalize
@@ -46,101 +43,86 @@ def plan_days(data_dir: str, spec: str | None, window: int = 1) -> list[tuple[li
 
 
 def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
-                 address: str | None = None, overwrite: bool = False, resume: str | None = None) -> dict:
+                 address: str | None = None, overwrite: bool = False, resume: str | None = None,
+                 checkpoints: str | None = None, listeners: list[Listener] = (), callbacks: list = ()) -> dict:
     """Train day by day into the run directory `out`. With `resume` (a finished or
     stopped run's directory) training continues from that run's checkpoint: the days it
     trained are kept, a window it stopped inside goes on from the saved batch, the
     remaining planned days are trained.
 
+    `checkpoints` (a local directory) keeps the run's checkpoints where a later call with
+    the same argument finds them and resumes, even after this process was killed; it is
+    emptied once the run is published. `listeners` and `callbacks` see the reports (fit.py).
+
     When training fails or is interrupted after a checkpoint, `out` is still written,
     holding that checkpoint and stopped.json (no metrics.json), and TrainingStopped says
     how to resume it."""
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from rayrec.train.loop import train_loop_per_worker
-
     data_dir = data_dir if is_uri(data_dir) else os.path.abspath(data_dir)
+    schema, item, features, days = check_inputs(data_dir, model_cfg, train_cfg)
+    config = {"model": asdict(model_cfg), "train": asdict(train_cfg), "data": data_dir}
+
+    stopped = None
+    with staged_output(out, overwrite=overwrite) as tmp, \
+            checkpoint_storage(train_cfg, out, tmp, checkpoints) as storage:
+        name = "run" if checkpoints else "rayrec-" + os.path.basename(tmp).lstrip(".")
+        scratch = os.path.join(checkpoints, "in-process") if checkpoints and train_cfg.workers == 0 else \
+            os.path.join(tmp, "scratch")
+        tracker = Tracker(train_cfg, os.path.join(tmp, "tensorboard"), os.path.basename(os.path.abspath(out)))
+        tracker.start(config)
+        spec = RunSpec(model_cfg, train_cfg, data_dir, item.name, features, days, scratch,
+                       join(resume if is_uri(resume) else os.path.abspath(resume), "checkpoint") if resume else None)
+        if tracker.enabled:   # in-process, the loop tells it; with workers, Ray Train's controller does
+            listeners, callbacks = [*listeners, tracker], [*callbacks, TrackerCallback(tracker)]
+        try:
+            history = fit(spec, storage, name, os.path.join(tmp, "checkpoint"), listeners=listeners,
+                          callbacks=callbacks if train_cfg.workers else (), address=address)
+        except (Exception, KeyboardInterrupt, SystemExit) as e:  # Ray's Ctrl-C handler aborts the run, then exits
+            tracker.finish([], status="FAILED" if isinstance(e, Exception) else "KILLED")
+            stopped = keep_stopped(tmp, spec, storage, name, config, e)
+            if stopped is None:
+                raise
+        else:
+            for sub in ("scratch", "ray"):
+                shutil.rmtree(os.path.join(tmp, sub), ignore_errors=True)
+            metrics = finish_run(tmp, history, data_dir, item.name, features, model_cfg, train_cfg, config,
+                                 schema, tracker)
+    if stopped is not None:
+        raise TrainingStopped(f"training stopped ({stopped['reason']}); the last checkpoint ({stopped['at']}) is "
+                              f"kept in {out}: continue with `rayrec train --resume {out} --out NEW_RUN`") \
+            from stopped["error"]
+    if checkpoints:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    return metrics
+
+
+def check_inputs(data_dir: str, model_cfg: ModelConfig, train_cfg: TrainConfig):
+    """The dataset's schema, item column, features and planned windows; a bad feature
+    name or a missing day fails here, before anything starts."""
     require_complete(data_dir, "ETL output")
     schema = Schema.load(data_dir)
     item = schema.item_id_column()
     if item.cardinality is None:
         raise ValueError(f"schema column {item.name!r} has no domain: cannot size the item embeddings")
-    features = resolve_features(schema, model_cfg)  # bad feature names fail here, before Ray starts
+    features = resolve_features(schema, model_cfg)
     for head in model_cfg.heads:
         if head.target not in schema.names:
             raise ValueError(f"model.heads: target column {head.target!r} is not in {display(data_dir)}'s schema")
     days = plan_days(data_dir, train_cfg.train_days, train_cfg.window_days)
-    for window, eval_day in days:  # fail before starting Ray if a file is missing
+    for window, eval_day in days:
         for day in window:
             split_path(data_dir, day, "train")
         if eval_day is not None:
             split_path(data_dir, eval_day, train_cfg.eval_split)
-    config = {"model": asdict(model_cfg), "train": asdict(train_cfg), "data": data_dir}
-
-    stopped = None
-    with staged_output(out, overwrite=overwrite) as tmp, checkpoint_storage(train_cfg, out, tmp) as storage:
-        name = "rayrec-" + os.path.basename(tmp).lstrip(".")
-        tracker = Tracker(train_cfg, os.path.join(tmp, "tensorboard"), os.path.basename(os.path.abspath(out)))
-        tracker.start(config)
-        spec = RunSpec(model_cfg, train_cfg, data_dir, item.name, features, days, os.path.join(tmp, "scratch"),
-                       join(resume if is_uri(resume) else os.path.abspath(resume), "checkpoint") if resume else None)
-        loop_config = {"spec": spec.to_json()}
-        if train_cfg.workers == 0 and tracker.enabled:   # the loop runs in this process
-            loop_config["tracker"] = tracker
-        if train_cfg.workers == 0:  # in-process: Ray logs "local mode" and every report at INFO, which
-            logging.getLogger("ray.train").setLevel(logging.WARNING)   # would bury the progress lines
-        trainer = TorchTrainer(
-            train_loop_per_worker, train_loop_config=loop_config,
-            scaling_config=scaling(train_cfg),
-            torch_config=TorchConfig(backend="nccl" if train_cfg.use_gpu else "gloo"),
-            run_config=RunConfig(name=name, storage_path=storage,
-                                 failure_config=FailureConfig(max_failures=train_cfg.max_failures),
-                                 checkpoint_config=CheckpointConfig(
-                                     num_to_keep=train_cfg.keep_checkpoints,
-                                     checkpoint_score_attribute=train_cfg.checkpoint_metric,
-                                     checkpoint_score_order="max"),
-                                 callbacks=[TrackerCallback(tracker)] if tracker.enabled else None,
-                                 logging_config=LoggingConfig(log_level="WARNING")),
-        )
-        if train_cfg.workers > 0:
-            init_ray(address)
-            # the controller collects one report per worker per poll (default every 2 s); a
-            # report waits for it: measured 1.6-1.8 s per report at 2 s, 0.19 s at 0.2 s
-            os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
-            if not (address or os.environ.get("RAY_ADDRESS")):
-                # a private local cluster has no node to be preempted; Ray's watcher for it
-                # logs an error line at every start
-                os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        try:
-            with own_signals():
-                result = trainer.fit()
-            if result.error is not None:
-                raise result.error
-            if result.checkpoint is None:
-                raise RuntimeError("training finished without a checkpoint")
-        except (Exception, KeyboardInterrupt, SystemExit) as e:  # Ray's Ctrl-C handler aborts the run, then exits
-            tracker.finish([], status="FAILED" if isinstance(e, Exception) else "KILLED")
-            stopped = keep_stopped(tmp, storage, name, config, e)
-            if stopped is None:
-                raise
-        else:
-            metrics = finish_run(tmp, result, history_of(result), data_dir, item.name, features, model_cfg,
-                                 train_cfg, config, schema, tracker)
-    if stopped is not None:
-        raise TrainingStopped(f"training stopped ({stopped['reason']}); the last checkpoint ({stopped['at']}) is "
-                              f"kept in {out}: continue with `rayrec train --resume {out} --out NEW_RUN`") \
-            from stopped["error"]
-    return metrics
+    return schema, item, features, days
 
 
 @contextlib.contextmanager
-def checkpoint_storage(tcfg: TrainConfig, out: str, tmp: str):
-    """Where Ray keeps the run's checkpoints: `train.storage`, else inside the local run
-    directory being written, or, for a run published to a URI, a temporary prefix beside
-    it that every node reaches (removed afterwards)."""
-    if tcfg.storage:
-        yield tcfg.storage
+def checkpoint_storage(tcfg: TrainConfig, out: str, tmp: str, checkpoints: str | None = None):
+    """Where Ray keeps the run's checkpoints: `train.storage`, the caller's `checkpoints`,
+    else inside the local run directory being written, or, for a run published to a URI,
+    a temporary prefix beside it that every node reaches (removed afterwards)."""
+    if tcfg.storage or checkpoints:
+        yield tcfg.storage or os.path.abspath(checkpoints)
         return
     if not is_uri(out) or out.startswith("file://"):
         yield os.path.join(tmp, "ray")
@@ -153,52 +135,14 @@ def checkpoint_storage(tcfg: TrainConfig, out: str, tmp: str):
         locate(scratch).delete()
 
 
-@contextlib.contextmanager
-def own_signals():
-    """A SIGTERM (`rayrec jobs stop`, `ray job stop`, a pod's termination) stops the run as
-    Ctrl-C does: it goes to whatever handles SIGINT at that moment (Ray Train's abort
-    during a fit, else Python's KeyboardInterrupt), so the last checkpoint and
-    stopped.json are kept. Ray Train installs its SIGINT handler on every fit and leaves it
-    installed; ours are put back afterwards so a later Ctrl-C is a KeyboardInterrupt again."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def on_term(signum, frame):
-        handler = signal.getsignal(signal.SIGINT)
-        if callable(handler):
-            handler(signal.SIGINT, frame)
-        else:
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    finally:
-        for s, handler in before.items():
-            if handler is not None:
-                signal.signal(s, handler)
-
-
 class TrainingStopped(RuntimeError):
     """Training ended early; the run directory holds its last checkpoint for --resume."""
 
 
-def history_of(result) -> list[dict]:
-    with result.checkpoint.as_directory() as d:
-        with open(os.path.join(d, PROGRESS)) as f:
-            return json.load(f)["history"]
-
-
-def finish_run(tmp: str, result, history: list[dict], data_dir: str, item_col: str, features, model_cfg,
+def finish_run(tmp: str, history: list[dict], data_dir: str, item_col: str, features, model_cfg,
                train_cfg, config: dict, schema: Schema, tracker: Tracker) -> dict:
-    """The run directory of a finished run: checkpoint, metrics (JSON, CSV, PNG), schema, workflow."""
-    final = os.path.join(tmp, "checkpoint")
-    with result.checkpoint.as_directory() as d:
-        shutil.copytree(d, final)
-    for name in ("scratch", "ray"):
-        shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+    """The rest of a finished run's directory (its checkpoint is in place): metrics (JSON,
+    CSV, PNG), schema, workflow."""
     metrics = summarize(history, data_dir, item_col, features[0].cardinality, features[0].first_code,
                         model_cfg, train_cfg)
     metrics["config"] = config
@@ -215,15 +159,13 @@ def finish_run(tmp: str, result, history: list[dict], data_dir: str, item_col: s
     return metrics
 
 
-def keep_stopped(tmp: str, storage: str, name: str, config: dict, error: BaseException) -> dict | None:
-    """Keep the newest checkpoint Ray persisted (in-process: the newest one written) and
-    the configs in the run directory being written, so that it can be resumed; None when
-    there is none to keep."""
-    from rayrec.train.stored import copy_latest_checkpoint
-
+def keep_stopped(tmp: str, spec: RunSpec, storage: str, name: str, config: dict,
+                 error: BaseException) -> dict | None:
+    """Keep the newest checkpoint the run saved and the configs in the run directory being
+    written, so that it can be resumed; None when there is none to keep."""
     dest = os.path.join(tmp, "checkpoint")
-    at = copy_latest_checkpoint(storage, name, dest) if config["train"]["workers"] > 0 else \
-        copy_latest_checkpoint(tmp, "scratch", dest, prefix="day-")
+    shutil.rmtree(dest, ignore_errors=True)
+    at = latest_checkpoint(spec, storage, name, dest)
     if at is None:
         return None
     for sub in ("scratch", "ray"):
@@ -243,14 +185,6 @@ def resume_configs(run_dir: str) -> tuple[ModelConfig, TrainConfig, str]:
                                 f"metrics.json nor {STOPPED})")
     config = found[0].read_json()["config"]
     return ModelConfig(**config["model"]), TrainConfig(**config["train"]), config["data"]
-
-
-def scaling(tcfg: TrainConfig):
-    from ray.train import ScalingConfig
-
-    resources = {"CPU": tcfg.threads_per_worker} | ({"GPU": 1} if tcfg.use_gpu else {})
-    return ScalingConfig(num_workers=tcfg.workers, use_gpu=tcfg.use_gpu, resources_per_worker=resources,
-                         placement_strategy="SPREAD" if tcfg.placement == "spread" else "PACK")
 
 
 def summarize(history: list[dict], data_dir: str, item_col: str, n_items: int, first_item: int,
