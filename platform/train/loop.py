@@ -41,7 +41,8 @@ from rayrec.train.evaluate import model_metric_sums
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train's entry point: `config` holds the RunSpec as JSON."""
     spec = RunSpec.from_json(config["spec"])
-    with training_process(spec.train.threads_per_worker):
+    with training_process(spec.train.threads_per_worker), open(os.devnull, "w") as null, \
+            contextlib.redirect_stdout(null) if spec.quiet else contextlib.nullcontext():
         quiet_report_log()
         _train(spec, RaySession(spec.scratch))
 

@@ -27,6 +27,7 @@ class RunSpec:
     days: list[Window]
     scratch: str                  # where rank 0 writes a checkpoint before Ray persists it
     resume_from: str | None = None  # `--resume`: the checkpoint directory (path or URI) to start from
+    quiet: bool = False           # workers print no progress lines (a sweep's trials: the sweep reports)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -36,4 +37,5 @@ class RunSpec:
         d = json.loads(text)
         return cls(model=ModelConfig(**d["model"]), train=TrainConfig(**d["train"]), data_dir=d["data_dir"],
                    item_col=d["item_col"], features=[FeatureSpec(**f) for f in d["features"]],
-                   days=[(list(w), e) for w, e in d["days"]], scratch=d["scratch"], resume_from=d["resume_from"])
+                   days=[(list(w), e) for w, e in d["days"]], scratch=d["scratch"], resume_from=d["resume_from"],
+                   quiet=d.get("quiet", False))

@@ -44,7 +44,8 @@ def plan_days(data_dir: str, spec: str | None, window: int = 1) -> list[tuple[li
 
 def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
                  address: str | None = None, overwrite: bool = False, resume: str | None = None,
-                 checkpoints: str | None = None, listeners: list[Listener] = (), callbacks: list = ()) -> dict:
+                 checkpoints: str | None = None, listeners: list[Listener] = (), callbacks: list = (),
+                 quiet: bool = False) -> dict:
     """Train day by day into the run directory `out`. With `resume` (a finished or
     stopped run's directory) training continues from that run's checkpoint: the days it
     trained are kept, a window it stopped inside goes on from the saved batch, the
@@ -52,7 +53,8 @@ def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: Tra
 
     `checkpoints` (a local directory) keeps the run's checkpoints where a later call with
     the same argument finds them and resumes, even after this process was killed; it is
-    emptied once the run is published. `listeners` and `callbacks` see the reports (fit.py).
+    emptied once the run is published. `listeners` and `callbacks` see the reports (fit.py);
+    `quiet` keeps the workers' progress lines to themselves.
 
     When training fails or is interrupted after a checkpoint, `out` is still written,
     holding that checkpoint and stopped.json (no metrics.json), and TrainingStopped says
@@ -70,7 +72,8 @@ def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: Tra
         tracker = Tracker(train_cfg, os.path.join(tmp, "tensorboard"), os.path.basename(os.path.abspath(out)))
         tracker.start(config)
         spec = RunSpec(model_cfg, train_cfg, data_dir, item.name, features, days, scratch,
-                       join(resume if is_uri(resume) else os.path.abspath(resume), "checkpoint") if resume else None)
+                       join(resume if is_uri(resume) else os.path.abspath(resume), "checkpoint") if resume else None,
+                       quiet=quiet)
         if tracker.enabled:   # in-process, the loop tells it; with workers, Ray Train's controller does
             listeners, callbacks = [*listeners, tracker], [*callbacks, TrackerCallback(tracker)]
         try:

@@ -197,7 +197,8 @@ def resources(cfg: SweepConfig, train: TrainConfig) -> tuple[dict, int]:
                          + (f" ({w} worker(s) x {cfg.cpus_per_worker})" if w else "") +
                          f" is more than the cluster's {cpus:g} CPU(s)"
                          + (f" / {gpus:g} GPU(s)" if need_gpu else "") + f"; at most {fits} at once")
-    per_trial = {"CPU": cfg.cpus_per_worker, "GPU": cfg.gpus_per_worker} if w == 0 else {"CPU": 0}
+    # a trial with workers only waits for them; Tune needs some resource to place its process
+    per_trial = {"CPU": cfg.cpus_per_worker, "GPU": cfg.gpus_per_worker} if w == 0 else {"CPU": 0.01}
     return per_trial, concurrent
 
 

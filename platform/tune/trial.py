@@ -109,7 +109,7 @@ def run_trial(config: dict, spec: str) -> None:
     with own_log(os.path.join(here, LOG), s.verbose):
         metrics = run_training(s.data, os.path.join(here, "run"), model_cfg, train_cfg, overwrite=True,
                                checkpoints=os.path.join(here, "checkpoints"),
-                               listeners=[reporter], callbacks=callbacks)
+                               listeners=[reporter], callbacks=callbacks, quiet=not s.verbose)
     trained = sum(d.get("train_seconds", 0.0) for d in metrics["days"])
     write_json(os.path.join(here, TIMES), {"seconds": round(time.time() - started, 3),
                                            "train_seconds": round(trained, 3)})
