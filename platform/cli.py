@@ -7,10 +7,8 @@ import json
 import os
 import sys
 
+from rayrec.cli_tune import add_tune_parser
 from rayrec.raylocal import use_loopback
-
-
-SECTIONS = ("etl", "workflow", "model", "train", "serve")
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -19,13 +17,9 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def _section(path: str | None, name: str) -> dict:
-    from rayrec.config_io import read_yaml
+    from rayrec.config_io import read_section
 
-    data = read_yaml(path)
-    unknown = set(data) - set(SECTIONS)
-    if unknown:
-        raise ValueError(f"{path}: unknown section(s) {sorted(unknown)}; expected {', '.join(SECTIONS)}")
-    return data.get(name) or {}
+    return read_section(path, name)
 
 
 def cmd_synth(a) -> None:
@@ -115,30 +109,6 @@ def cmd_train(a) -> int:
         return 1
     print(format_table(metrics))
     print(f"run written to {a.out} (checkpoint/, metrics.json)")
-    return 0
-
-
-def cmd_tune(a) -> int:
-    from rayrec.config_io import from_dict
-    from rayrec.models.config import ModelConfig
-    from rayrec.train.config import TrainConfig
-    from rayrec.tune.sweep import SweepConfig, run_sweep
-
-    resume = a.out if a.resume is True else a.resume
-    if resume:
-        run_sweep(None, None, None, resume=resume)
-        return 0
-    missing = [f for f in ("data", "out", "space") if not getattr(a, f)]
-    if missing:
-        raise ValueError("--" + ", --".join(missing) + " required (or --resume SWEEP)")
-    model = from_dict(ModelConfig, _section(a.config, "model"), f"{a.config}: model")
-    train = from_dict(TrainConfig, _section(a.config, "train"), f"{a.config}: train")
-    cfg = SweepConfig(data=a.data, out=a.out, space=a.space, samples=a.samples, search=a.search,
-                      scheduler=a.scheduler, metric=a.metric, mode=a.mode, concurrent=a.concurrent,
-                      workers_per_trial=a.workers_per_trial, cpus_per_worker=a.cpus_per_worker,
-                      gpus_per_worker=a.gpus_per_worker, address=a.address, seed=a.seed, grace=a.grace,
-                      verbose=a.verbose)
-    run_sweep(cfg, model, train, overwrite=a.overwrite)
     return 0
 
 
@@ -258,27 +228,6 @@ def cmd_quickstart(a) -> None:
     quickstart(a.out, events=a.events, workers=a.workers, epochs=a.epochs)
 
 
-TUNE_HELP = """\
-Each trial is a rayrec training run over the same dataset files; its evaluations (one per
-window) are reported to Ray Tune, so asha and median stop poor trials early. SWEEP/ gets
-results.csv and results.json (one row per trial), best.yaml (for rayrec train --config),
-sweep.png and trials/ID/run/ (each trial's run directory).
-
-SPACE.yaml gives model. and train. keys a distribution: choice, grid, uniform, loguniform,
-randint [low, high] (both ends included), or a plain value. `when:` applies a key (or one
-option) only under other keys' values; `divides:` keeps values dividing another key's:
-
-  model.arch: {grid: [gpt2, xlnet]}
-  model.masking: {grid: [clm, mlm, {value: plm, when: {model.arch: xlnet}}]}
-  model.d_model: {choice: [64, 128]}
-  model.n_head: {choice: [2, 4, 8], divides: model.d_model}
-  model.mlm_probability: {uniform: [0.1, 0.4], when: {model.masking: mlm}}
-  train.lr: {loguniform: [1.0e-4, 1.0e-2]}
-  train.epochs: 3
-
-docs/tune.md has the whole format."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rayrec", description="Session-based recommendation with transformers on Ray: "
                                 "synth -> etl -> train -> evaluate -> serve.")
@@ -347,33 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "checkpoint), from where it stopped over the days it has not trained; --train-days may extend them")
     t.set_defaults(func=cmd_train)
 
-    tu = sub.add_parser("tune", help="sweep architectures, masking schemes and hyperparameters on Ray Tune",
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        description=TUNE_HELP)
-    tu.add_argument("--data", help="output directory of rayrec etl")
-    tu.add_argument("--out", help="sweep directory to write (SWEEP)")
-    tu.add_argument("--space", help="SPACE.yaml: model./train. keys and their distributions (see below)")
-    _add_config(tu)
-    tu.add_argument("--samples", type=int, help="draws of the non-grid keys, each over every grid combination "
-                    "(default 1 with --search grid, else 8)")
-    tu.add_argument("--search", default="random", choices=["random", "grid", "optuna"])
-    tu.add_argument("--scheduler", default="fifo", choices=["fifo", "asha", "median"],
-                    help="fifo runs every trial to the end; asha and median stop poor ones early")
-    tu.add_argument("--metric", default="ndcg@20", help="what the sweep optimizes (default ndcg@20)")
-    tu.add_argument("--mode", default="max", choices=["max", "min"])
-    tu.add_argument("--concurrent", type=int, help="trials at once (default: as many as the cluster holds)")
-    tu.add_argument("--workers-per-trial", type=int, default=0,
-                    help="Ray Train workers per trial (default 0: each trial trains in its own process)")
-    tu.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs (torch threads) per worker (default 1)")
-    tu.add_argument("--gpus-per-worker", type=float, default=0.0)
-    tu.add_argument("--grace", type=int, default=1, help="asha/median: windows before a trial may be stopped")
-    tu.add_argument("--seed", type=int, default=0, help="seed of the trial draws (default 0)")
-    tu.add_argument("--address", help="Ray cluster to join (default RAY_ADDRESS, else a local cluster)")
-    tu.add_argument("--resume", nargs="?", const=True, metavar="SWEEP",
-                    help="finish an interrupted sweep (finished trials are kept, unfinished ones resume)")
-    tu.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    tu.add_argument("--verbose", action="store_true", help="also show Ray Tune's status tables and INFO lines")
-    tu.set_defaults(func=cmd_tune)
+    add_tune_parser(sub, _add_config)
 
     v = sub.add_parser("evaluate", help="Recall/NDCG@10,20 of a saved run next to most-popular")
     v.add_argument("--run", required=True)

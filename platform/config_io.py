@@ -32,3 +32,15 @@ def read_yaml(path: str | None) -> dict[str, Any]:
 def override(cfg: T, **values: Any) -> T:
     """Replace the fields given (not None), as CLI flags override a config file."""
     return dataclasses.replace(cfg, **{k: v for k, v in values.items() if v is not None})
+
+
+SECTIONS = ("etl", "workflow", "model", "train", "serve")
+
+
+def read_section(path: str | None, name: str) -> dict[str, Any]:
+    """One section of a rayrec config file (empty when absent); unknown sections are errors."""
+    data = read_yaml(path)
+    unknown = set(data) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"{path}: unknown section(s) {sorted(unknown)}; expected {', '.join(SECTIONS)}")
+    return data.get(name) or {}

@@ -6,13 +6,15 @@ complete output already exists.
       - synth: {out: work/raw, events: 200000, format: csv}
       - etl:   {input: [work/raw/events.csv], out: work/data, config: examples/rees46/etl.yaml}
       - train: {data: work/data, out: work/run, config: examples/rees46/gpt2-clm.yaml}
+      - tune:  {data: work/data, out: work/sweep, space: examples/rees46/space.yaml}
       - evaluate: {run: work/run, data: work/data}
 
 A stage's keys are the flags of its `rayrec` verb (`max_len` or `max-len`; a list for a
 flag that takes several values, true for a switch), so a stage means exactly what the
 command line means and its flags' checks apply. A stage is done when its output is
-complete (a published ETL output, a finished run); a train stage whose run stopped early
-goes on from its last checkpoint. So a failed pipeline run again continues from the
+complete (a published ETL output, a finished run, a sweep with its results); a train
+stage whose run stopped early goes on from its last checkpoint, a sweep that was
+interrupted with `rayrec tune --resume`. So a failed pipeline run again continues from the
 stage that failed. Paths are relative to the current directory (a job's working_dir).
 """
 from __future__ import annotations
@@ -26,8 +28,8 @@ from rayrec.config_io import read_yaml
 from rayrec.files import is_complete
 from rayrec.storage import display, join, locate
 
-STAGES = ("synth", "etl", "train", "evaluate")
-OUTPUT_FLAG = {"synth": "out", "etl": "out", "train": "out"}
+STAGES = ("synth", "etl", "train", "tune", "evaluate")
+OUTPUT_FLAG = {"synth": "out", "etl": "out", "train": "out", "tune": "out"}
 TOP_KEYS = {"name", "stages"}
 
 
@@ -100,6 +102,10 @@ def stage_state(stage: Stage) -> str:
         return "todo"
     if stage.verb == "synth":
         return "done" if locate(join(out, "ceiling.json")).is_file() else "todo"
+    if stage.verb == "tune":   # a sweep writes its results last; one begun but not finished is resumed
+        sweep = locate(out)
+        return "done" if sweep.child("results.json").is_file() else \
+            "stopped" if sweep.child("sweep.json").is_file() else "todo"
     if not is_complete(out):
         return "todo"
     if stage.verb == "train":
@@ -122,7 +128,7 @@ def run_pipeline(path: str, parser: argparse.ArgumentParser, run_verb: Callable[
             say(f"{head}: skipped, {display(stage.output)} is complete")
             continue
         if state == "stopped":
-            argv = _resume_argv(argv, stage.output)
+            argv = ["tune", "--resume", stage.output] if stage.verb == "tune" else _resume_argv(argv, stage.output)
             say(f"{head}: {display(stage.output)} stopped early; resuming it from its last checkpoint")
         elif stage.output is not None and locate(stage.output).exists():
             argv = argv + ["--overwrite"]   # an incomplete leftover of an interrupted run

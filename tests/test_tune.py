@@ -141,3 +141,28 @@ def test_a_metric_training_does_not_report_and_too_many_concurrent_trials_are_er
     assert code.returncode == 2, code.stdout + code.stderr
     assert "--concurrent 3 x 2 CPU(s) per trial (2 worker(s) x 1) is more than the cluster's" in code.stderr
     assert not glob.glob(str(tmp_path / "s" / "trials" / "*"))
+
+
+def test_optuna_draws_the_trials_and_keeps_the_conditions(etl_dir, tmp_path):
+    space = write(tmp_path / "space.yaml", "model.arch: {choice: [gpt2, llama]}\nmodel.d_model: {choice: [24, 32]}\n"
+                                           "model.n_head: {choice: [2, 3, 4], divides: model.d_model}\n"
+                                           "train.lr: {loguniform: [1.0e-3, 1.0e-2]}\n")
+    sweep = str(tmp_path / "sweep")
+    assert main(["tune", "--data", etl_dir, "--out", sweep, "--space", space, "--search", "optuna", "--samples", "3",
+                 "--concurrent", "1", "--config", write(tmp_path / "base.yaml", BASE)]) == 0
+    found = rows(sweep)
+    assert len(found) == 3 and all(r["status"] == "finished" for r in found)
+    for r in found:
+        assert int(r["model.d_model"]) % int(r["model.n_head"]) == 0 and 1e-3 <= float(r["train.lr"]) <= 1e-2
+
+
+def test_a_tune_stage_of_a_pipeline_is_done_with_results_and_resumed_when_begun(tmp_path):
+    from rayrec.pipeline import Stage, stage_state
+
+    stage = Stage("tune", {"out": str(tmp_path / "sweep"), "data": "d", "space": "s.yaml"})
+    assert stage_state(stage) == "todo"
+    os.makedirs(tmp_path / "sweep")
+    write(tmp_path / "sweep" / "sweep.json", "{}")
+    assert stage_state(stage) == "stopped"
+    write(tmp_path / "sweep" / "results.json", "{}")
+    assert stage_state(stage) == "done"

@@ -17,6 +17,8 @@ class TrainConfig:
     eval_split: str = "valid"      # split of day t+1 evaluated after training on day t
     max_failures: int = 0          # worker-group restarts from the last checkpoint
     eval_batch_size: int = 512
+    eval_every: str = "window"     # window | epoch: also evaluate (and checkpoint) after each epoch of a window,
+                                   # so that a sweep's scheduler sees a learning curve inside one long window
     use_gpu: bool = False          # one GPU per worker, DDP over NCCL (gloo on CPU)
     placement: str = "pack"        # pack: fill a node first | spread: one worker per node where possible
     keep_checkpoints: int = 2      # checkpoints kept in the Ray run (the latest is always kept)
@@ -55,6 +57,8 @@ class TrainConfig:
                              f"got {self.checkpoint_every!r}")
         if self.embedding_sync not in ("auto", "dense", "sparse"):
             raise ValueError(f"train.embedding_sync must be auto, dense or sparse; got {self.embedding_sync!r}")
+        if self.eval_every not in ("window", "epoch"):
+            raise ValueError(f"train.eval_every must be window or epoch; got {self.eval_every!r}")
         if self.log_every < 1:
             raise ValueError("train.log_every must be >= 1")
         if self.window_days < 1:

@@ -124,25 +124,37 @@ def _train(spec: RunSpec, session: RaySession | LocalSession) -> None:
         train_day = window[0]
         data = concat_batches([load(d, "train") for d in window])
 
-        def save_partial(partial: dict, optimizer, schedule) -> None:  # a checkpoint inside the window
-            reporter.partial(core, history, dict(partial, attempt=attempt), optimizer, schedule)
-
-        resume = state if state and state["partial"]["window"] == train_day else None
-        train = train_one_day(model, tcfg, data, rank, world, train_day, device, resume,
-                              save_partial if tcfg.checkpoint_every != "window" else None, first_step=global_step,
-                              row_sync=row_sync)
-        state = None
-        global_step = train["global_step"]
-        record = {"train_day": train_day, "window": window, "window_index": step + 1, "eval_day": eval_day,
-                  "attempt": attempt, **train}
-        if eval_day is not None:
+        def evaluate() -> dict:  # the metrics on the day after the window (empty when it has none)
+            if eval_day is None:
+                return {}
             batch = load_batch(split_path(spec.data_dir, eval_day, tcfg.eval_split), features, targets,
                                mcfg.max_len, rank, world, cover_all=True)
             scores = finalize(all_reduce_sums(model_metric_sums(core, batch, tcfg.eval_batch_size, device=device)))
-            if scores["count"]:
-                record.update(scores)
-            else:  # nothing to evaluate on that day: the record carries no metrics
-                record["eval_day"] = None
+            return scores if scores["count"] else {}
+
+        def save_partial(partial: dict, optimizer, schedule) -> None:  # a checkpoint inside the window
+            scores = {}
+            if tcfg.eval_every == "epoch" and partial["micro_done"] == 0:   # an epoch's end
+                scores = evaluate()
+                model.train()
+                scores = dict(scores, eval_day=eval_day, evaluation=step * tcfg.epochs + partial["epochs_done"]) \
+                    if scores else {}
+            reporter.partial(core, history, dict(partial, attempt=attempt), optimizer, schedule, scores)
+
+        resume = state if state and state["partial"]["window"] == train_day else None
+        inside = tcfg.checkpoint_every != "window" or tcfg.eval_every == "epoch"
+        train = train_one_day(model, tcfg, data, rank, world, train_day, device, resume,
+                              save_partial if inside else None, first_step=global_step, row_sync=row_sync)
+        state = None
+        global_step = train["global_step"]
+        record = {"train_day": train_day, "window": window, "window_index": step + 1, "eval_day": eval_day,
+                  "evaluation": (step + 1) * tcfg.epochs if tcfg.eval_every == "epoch" else step + 1,
+                  "attempt": attempt, **train}
+        scores = evaluate()
+        if scores:
+            record.update(scores)
+        else:  # nothing to evaluate on that day: the record carries no metrics
+            record["eval_day"] = None
         if world > 1:
             record.update(replica_check(core))
         reporter.window(core, record, history)
@@ -224,7 +236,7 @@ def train_one_day(model, tcfg: TrainConfig, data: Batch, rank: int, world: int, 
             window_ends = epoch == tcfg.epochs - 1 and j == micro - 1
             if save_partial and every and last_micro and schedule.last_epoch % every == 0 and not window_ends:
                 save_partial(position(epoch, j + 1), optimizer, schedule)
-        if save_partial and tcfg.checkpoint_every == "epoch" and epoch < tcfg.epochs - 1:
+        if save_partial and "epoch" in (tcfg.checkpoint_every, tcfg.eval_every) and epoch < tcfg.epochs - 1:
             save_partial(position(epoch, micro), optimizer, schedule)
     progress.close()
     seconds = before + time.perf_counter() - started

@@ -22,14 +22,18 @@ class Reporter:
     def __init__(self, spec: RunSpec, session):
         self.spec, self.session, self.tcfg = spec, session, spec.train
 
-    def partial(self, model: SessionModel, history: list[dict], partial: dict, optimizer, schedule) -> None:
+    def partial(self, model: SessionModel, history: list[dict], partial: dict, optimizer, schedule,
+                scores: dict | None = None) -> None:
         """A checkpoint inside a window: weights, optimizer, schedule and the position
-        (window, epoch, batch). Its score for keeping the best is the last finished
-        window's (0 before any)."""
+        (window, epoch, batch), with an epoch's evaluation when `scores` has one. Its score
+        for keeping the best is that evaluation's, else the last finished window's (0 before any)."""
         curve = partial.pop("curve")
         metrics = {"train_day": partial["window"], "epochs_done": partial["epochs_done"],
-                   "micro_done": partial["micro_done"], "global_step": partial["global_step"]}
-        if self.tcfg.checkpoint_metric:
+                   "micro_done": partial["micro_done"], "global_step": partial["global_step"], **(scores or {})}
+        if scores:
+            say(f"[rayrec] day {partial['window']} epoch {partial['epochs_done']}: day {scores['eval_day']} "
+                f"recall@20 {scores['recall@20']:.3f} ndcg@20 {scores['ndcg@20']:.3f}")
+        if self.tcfg.checkpoint_metric and self.tcfg.checkpoint_metric not in metrics:
             metrics[self.tcfg.checkpoint_metric] = history[-1].get(self.tcfg.checkpoint_metric, 0.0) \
                 if history else 0.0
         self.emit(model, history, metrics, curve, checkpoints.name_for(partial, None),

@@ -43,7 +43,7 @@ def plot_sweep(compiled: dict, path: str) -> str:
     cells.set_xlabel("masking")
     cells.set_ylabel("architecture")
     for t in trials:
-        xs = [r["window_index"] for r in t["reports"]]
+        xs = [r["evaluation"] for r in t["reports"]]
         ys = [r[metric] for r in t["reports"]]
         if not xs:
             continue
@@ -54,7 +54,7 @@ def plot_sweep(compiled: dict, path: str) -> str:
             curves.plot(xs[-1], ys[-1], "x", color=line.get_color(), markersize=9)
     curves.set_title(f"learning curves (dashed, x: {sum(t['status'] != 'finished' and bool(t['reports']) for t in trials)}"
                      " stopped early)")
-    curves.set_xlabel("evaluated window")
+    curves.set_xlabel("evaluation (a window, or an epoch with train.eval_every: epoch)")
     curves.xaxis.set_major_locator(MaxNLocator(integer=True))
     curves.set_ylabel(metric)
     curves.grid(alpha=0.3)

@@ -32,13 +32,17 @@ FINISHED, STOPPED, ERROR, REJECTED_STATUS, NOT_RUN = "finished", "stopped early"
 def compile_results(out: str, state: dict, grid, metric: str, mode: str, wall: float) -> dict:
     """Collect every trial, publish the stopped ones' run directories, write the outputs."""
     model, train = ModelConfig(**state["model"]), TrainConfig(**state["train"])
-    errors = {}
+    errors, reported = {}, {}
     for result in grid:
-        if result.error is not None and result.path:
-            errors[os.path.basename(result.path.rstrip("/"))] = error_message(result.error)
+        if not result.path:
+            continue
+        tid = os.path.basename(result.path.rstrip("/"))
+        if result.error is not None:
+            errors[tid] = error_message(result.error)
+        reported[tid] = tune_reports(result, metric)
     rows = []
     for tid in sorted(os.listdir(os.path.join(out, "trials"))) if os.path.isdir(os.path.join(out, "trials")) else []:
-        rows.append(trial_row(out, tid, model, train, metric, errors.get(tid)))
+        rows.append(trial_row(out, tid, model, train, metric, errors.get(tid), reported.get(tid, [])))
     sign = 1 if mode == "max" else -1
     rows.sort(key=lambda r: (r["status"] != FINISHED, -sign * r["score"] if r["score"] is not None else math.inf))
     compiled = {"metric": metric, "mode": mode, "wall_seconds": round(wall, 2), "trials": rows,
@@ -57,10 +61,36 @@ def error_message(error: BaseException) -> str:
     return text[:1000]
 
 
-def trial_row(out: str, tid: str, model: ModelConfig, train: TrainConfig, metric: str, error: str | None) -> dict:
+KEPT = ("evaluation", "train_day", "eval_day", "recall@20", "ndcg@20", "mrr@20")
+
+
+def tune_reports(result, metric: str) -> list[dict]:
+    """The evaluations Tune received, one per `evaluation` index (a restarted trial
+    reports again what it had reported), in order."""
+    frame = result.metrics_dataframe
+    if frame is None or metric not in frame or "evaluation" not in frame:
+        return []
+    by = {}
+    for rec in frame.to_dict("records"):
+        if rec.get(metric) == rec.get(metric) and rec.get("evaluation") == rec.get("evaluation"):  # not NaN
+            by[int(rec["evaluation"])] = {k: rec[k] for k in (*KEPT, metric) if k in rec}
+    return [by[k] for k in sorted(by)]
+
+
+def score_of(reports: list[dict], metric: str) -> float | None:
+    """The metric at the end of each window reached (its last evaluation), averaged."""
+    last = {}
+    for r in reports:
+        last[r["train_day"]] = r[metric]
+    return sum(last.values()) / len(last) if last else None
+
+
+def trial_row(out: str, tid: str, model: ModelConfig, train: TrainConfig, metric: str, error: str | None,
+              reported: list[dict]) -> dict:
     here = trial_dir(out, tid)
     params = read(os.path.join(here, PARAMS)) or {}
     row = {"trial": tid, "params": params, "status": NOT_RUN, "score": None, "reports": [], "seconds": None,
+           "run_seconds": None,
            "train_seconds": None, "run_dir": None, "message": None}
     if os.path.exists(os.path.join(here, REJECTED)):
         return row | {"status": REJECTED_STATUS, "message": read(os.path.join(here, REJECTED))["reason"]}
@@ -71,14 +101,16 @@ def trial_row(out: str, tid: str, model: ModelConfig, train: TrainConfig, metric
     else:
         history = publish_stopped(here, model, train, params, error)
         status = ERROR if error else STOPPED if history else NOT_RUN
-    reports = [{"window_index": r.get("window_index", i + 1), "train_day": r["train_day"], "eval_day": r["eval_day"],
-                **{k: r[k] for k in ("train_loss", "recall@20", "ndcg@20", "mrr@20", metric) if k in r}}
-               for i, r in enumerate(history or []) if r.get("eval_day") is not None]
+    from_history = [{"evaluation": r.get("evaluation", i + 1), **{k: r[k] for k in (*KEPT, metric) if k in r}}
+                    for i, r in enumerate(history or []) if r.get("eval_day") is not None]
+    known = {r["evaluation"] for r in reported}
+    reports = sorted(reported + [r for r in from_history if r["evaluation"] not in known],
+                     key=lambda r: r["evaluation"])
     times = read(os.path.join(here, TIMES)) or {}
     trained = sum(r.get("train_seconds", 0.0) for r in history or [])
     return row | {"status": status, "reports": reports, "message": error,
-                  "score": sum(r[metric] for r in reports) / len(reports) if reports else None,
-                  "seconds": times.get("seconds"), "train_seconds": round(trained, 3) if history else None,
+                  "score": score_of(reports, metric),
+                  "seconds": times.get("seconds"), "run_seconds": times.get("run_seconds"), "train_seconds": round(trained, 3) if history else None,
                   "run_dir": run if os.path.isdir(run) else None}
 
 

@@ -104,6 +104,50 @@ class Space:
         return int(rng.integers(int(p.low), int(p.high) + 1))   # randint: both ends included
 
 
+class OptunaSpace:
+    """The space as an Optuna define-by-run function (Optuna then draws each trial, and its
+    conditions hold as in `Space.trials`); a class, since Tune pickles its searcher. A
+    parameter whose values depend on others (an option's `when`, `divides`) is named by the
+    values left, since Optuna wants one fixed set of values per name (not with `/`, which
+    Tune reads as nesting); `from_optuna` reads the key before the `|`."""
+
+    def __init__(self, space: Space, base: dict[str, Any]):
+        self.space, self.base = space, base
+
+    def __call__(self, trial) -> dict[str, Any] | None:
+        chosen: dict[str, Any] = {}
+        base = self.base
+        for p in self.space.params:
+            if not _holds(p.when, chosen, base):
+                continue
+            if p.options:
+                values = [o.value for o in p.options if _holds(o.when, chosen, base)]
+                if p.divides:
+                    total = chosen.get(p.divides, base.get(p.divides))
+                    values = [v for v in values if total % v == 0]
+                if not values:
+                    raise ValueError(f"{self.space.source}: {p.where}: no value left where {describe(chosen)}")
+                name = p.key if len(values) == len(p.options) else f"{p.key}|{','.join(map(str, values))}"
+                chosen[p.key] = values[0] if p.kind == "fixed" else trial.suggest_categorical(name, values)
+            elif p.kind == "randint":
+                chosen[p.key] = trial.suggest_int(p.key, int(p.low), int(p.high))
+            else:
+                chosen[p.key] = trial.suggest_float(p.key, p.low, p.high, log=p.kind == "loguniform")
+        fixed = {p.key: p.options[0].value for p in self.space.params if p.kind == "fixed" and p.key in chosen}
+        return fixed or None
+
+
+def from_optuna(config: dict[str, Any]) -> dict[str, Any]:
+    """Optuna's parameter names back to space keys."""
+    return {k.split("|", 1)[0]: v for k, v in config.items()}
+
+
+def trial_params(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's {key: value} in Tune's config: from the drawn list (random, grid), or as
+    Optuna named them."""
+    return config["params"] if "params" in config else from_optuna(config)
+
+
 def describe(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()) \
         or "(no parameters)"

@@ -21,7 +21,7 @@ from ray.tune.progress_reporter import TrialProgressCallback
 
 from rayrec.models.config import ModelConfig
 from rayrec.train.config import TrainConfig
-from rayrec.tune.space import Space, base_values, describe, load_space
+from rayrec.tune.space import Space, base_values, describe, load_space, trial_params
 from rayrec.tune.trial import REJECTED, TrialSpec, run_trial, trial_dir, write_json
 
 SEARCHES, SCHEDULERS, MODES = ("random", "grid", "optuna"), ("fifo", "asha", "median"), ("max", "min")
@@ -78,12 +78,17 @@ def prepare(cfg: SweepConfig, model: ModelConfig, train: TrainConfig) -> dict:
     model, train = trial_configs(cfg, model, train)
     check_inputs(os.path.abspath(cfg.data), model, train)
     drawn = any(p.kind in ("choice", "uniform", "loguniform", "randint") for p in space.params)
-    samples = cfg.samples or (8 if drawn else 1)   # a space of grids and fixed values: each combination once
-    trials = space.trials(samples, cfg.seed, base_values(model, train))
+    samples = cfg.samples or (8 if drawn or cfg.search == "optuna" else 1)  # grids and fixed values: each once
     if cfg.search == "optuna":
-        raise ValueError("--search optuna is not available yet; use random or grid")
+        try:
+            import optuna  # noqa: F401
+        except ImportError:
+            raise ValueError("--search optuna needs Optuna: pip install 'rayrec[tune]'") from None
+        trials = []   # Optuna draws them as the sweep goes
+    else:
+        trials = space.trials(samples, cfg.seed, base_values(model, train))
     return {"sweep": asdict(cfg), "model": asdict(model), "train": asdict(train), "trials": trials,
-            "keys": space.keys}
+            "keys": space.keys, "samples": samples}
 
 
 def as_grid(space: Space) -> Space:
@@ -163,13 +168,24 @@ def run_tune(cfg: SweepConfig, out: str, state: dict, model: ModelConfig, train:
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=False,
                                    restart_errored=False)
     else:
+        search, param_space, samples = None, {"params": tune.grid_search(state["trials"])}, 1
+        if cfg.search == "optuna":
+            from ray.tune.search.optuna import OptunaSearch
+
+            from rayrec.tune.space import OptunaSpace
+
+            space = load_space(cfg.space)
+            search = OptunaSearch(OptunaSpace(space, base_values(model, train)), metric=cfg.metric, mode=cfg.mode,
+                                  seed=cfg.seed)
+            param_space, samples = {}, state["samples"]
         tuner = tune.Tuner(
-            trainable, param_space={"params": tune.grid_search(state["trials"])},
+            trainable, param_space=param_space,
             tune_config=tune.TuneConfig(scheduler=scheduler(cfg, state, train), max_concurrent_trials=concurrent,
+                                        search_alg=search, num_samples=samples,
                                         trial_name_creator=lambda t: t.trial_id,
                                         trial_dirname_creator=lambda t: t.trial_id),
             run_config=tune.RunConfig(name="tune", storage_path=out, verbose=0 if not cfg.verbose else 1,
-                                      callbacks=[Progress(out, cfg.metric, cfg.mode, len(state["trials"]))],
+                                      callbacks=[Progress(out, cfg.metric, cfg.mode, len(state["trials"]) or state["samples"])],
                                       failure_config=tune.FailureConfig(max_failures=train.max_failures
                                                                         if train.workers == 0 else 0)))
     return tuner.fit()
@@ -209,12 +225,14 @@ def scheduler(cfg: SweepConfig, state: dict, train: TrainConfig):
 
     windows = sum(1 for _, e in plan_days(os.path.abspath(cfg.data), train.train_days, train.window_days)
                   if e is not None)
+    if train.eval_every == "epoch":   # evaluations planned: an epoch each, for the longest trial
+        windows *= max([t.get("train.epochs", train.epochs) for t in state["trials"]] or [train.epochs])
     if cfg.scheduler == "asha":
-        return ASHAScheduler(time_attr="window_index", metric=cfg.metric, mode=cfg.mode,
+        return ASHAScheduler(time_attr="evaluation", metric=cfg.metric, mode=cfg.mode,
                              # past the last window: a trial that reached it finishes its run, not cut at max_t
                              max_t=max(windows, cfg.grace) + 1, grace_period=cfg.grace, reduction_factor=2)
     if cfg.scheduler == "median":
-        return MedianStoppingRule(time_attr="window_index", metric=cfg.metric, mode=cfg.mode,
+        return MedianStoppingRule(time_attr="evaluation", metric=cfg.metric, mode=cfg.mode,
                                   grace_period=cfg.grace, min_samples_required=2)
     return None
 
@@ -249,7 +267,7 @@ class Progress(TrialProgressCallback):
         sys.stdout.flush()
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        params = trial.config.get("params", {})
+        params = trial_params(trial.config)
         self.say(f"{short(trial.trial_id)} started ({len(trials)}/{self.total}): {describe(params)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -258,7 +276,8 @@ class Progress(TrialProgressCallback):
             return
         if self.best is None or self.sign * value > self.sign * self.best[0]:
             self.best = (value, trial.trial_id)
-        self.say(f"{short(trial.trial_id)} window {result.get('window_index')}: {self.metric} {value:.4f}"
+        where = f"day {result.get('train_day')}" + (f" epoch {result['epochs_done']}" if "epochs_done" in result else "")
+        self.say(f"{short(trial.trial_id)} {where}: {self.metric} {value:.4f}"
                  f"   best so far {self.best[0]:.4f} ({short(self.best[1])})")
 
     def on_trial_complete(self, iteration, trials, trial, **info):

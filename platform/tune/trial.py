@@ -7,11 +7,13 @@ directory once it finished, loadable by `rayrec evaluate` and `rayrec serve`) an
 runs, checkpoints/ where a restarted trial (a lost worker, a killed driver and `--resume`)
 goes on from.
 
-Only evaluation reports reach Tune, one per window (the days trained together, then the
-next day evaluated): a checkpoint inside a window carries no metric, and a result without
-the sweep's metric would stop the sweep. So Tune's time axis, `training_iteration`, counts
-evaluated windows: every trial of a sweep plans the same days, so iteration k is the same
-point in the data for each of them.
+Only evaluation reports reach Tune: one per window (the days trained together, then the
+next day evaluated) and, with `train.eval_every: epoch`, one per epoch inside it. A
+checkpoint without an evaluation carries no metric, and Tune would call that an error.
+Tune's time axis is `evaluation`, the index of an evaluation in the run's plan (the run
+numbers them, so a restarted trial reports the same index again, where Tune's own
+`training_iteration` would restart from one): every trial of a sweep plans the same days,
+so evaluation k is the same point in the data for each of them.
 """
 from __future__ import annotations
 
@@ -82,17 +84,17 @@ def eval_report_callback(metric: str):
 
 
 def run_trial(config: dict, spec: str) -> None:
-    """Tune's trainable: `config["params"]` are the trial's values, `spec` the TrialSpec."""
+    """Tune's trainable: `config` holds the trial's values, `spec` the TrialSpec."""
     from ray import tune
 
     from rayrec.models.checkpoint import build_model
     from rayrec.schema import Schema
     from rayrec.train.trainer import run_training
-    from rayrec.tune.space import apply
+    from rayrec.tune.space import apply, trial_params
 
     started = time.time()
     s = TrialSpec.from_json(spec)
-    params = config["params"]
+    params = trial_params(config)
     here = trial_dir(s.out, tune.get_context().get_trial_id())
     os.makedirs(here, exist_ok=True)
     write_json(os.path.join(here, PARAMS), params)
@@ -106,12 +108,14 @@ def run_trial(config: dict, spec: str) -> None:
     if replay(here, reporter):   # finished before the driver was killed (Tune had not yet saved that)
         return
     callbacks = [eval_report_callback(s.metric)] if train_cfg.workers else []
+    ran = time.time()
     with own_log(os.path.join(here, LOG), s.verbose):
         metrics = run_training(s.data, os.path.join(here, "run"), model_cfg, train_cfg, overwrite=True,
                                checkpoints=os.path.join(here, "checkpoints"),
                                listeners=[reporter], callbacks=callbacks, quiet=not s.verbose)
     trained = sum(d.get("train_seconds", 0.0) for d in metrics["days"])
-    write_json(os.path.join(here, TIMES), {"seconds": round(time.time() - started, 3),
+    write_json(os.path.join(here, TIMES), {"seconds": round(time.time() - started, 3),   # this attempt
+                                           "run_seconds": round(time.time() - ran, 3),
                                            "train_seconds": round(trained, 3)})
 
 
