@@ -18,7 +18,7 @@ def use_loopback(address: str | None = None) -> None:
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None,
-             object_store_memory: int | None = None) -> None:
+             object_store_memory: int | None = None, log_to_driver: bool = True) -> None:
     """Join `address` (or RAY_ADDRESS), else start a fresh local cluster on 127.0.0.1."""
     import ray
 
@@ -27,13 +27,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         check_reachable(address)
-        ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
+        ray.init(address=address, log_to_driver=log_to_driver, logging_level=logging.WARNING)
         return
     # a private cluster of this process: Ray's notice that it turned token auth on is not the user's concern
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory,
              include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
-             log_to_driver=True, logging_level=logging.WARNING)
+             log_to_driver=log_to_driver, logging_level=logging.WARNING)
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:

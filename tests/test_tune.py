@@ -166,3 +166,55 @@ def test_a_tune_stage_of_a_pipeline_is_done_with_results_and_resumed_when_begun(
     assert stage_state(stage) == "stopped"
     write(tmp_path / "sweep" / "results.json", "{}")
     assert stage_state(stage) == "done"
+
+
+def process_writing(path_glob: str) -> int | None:
+    """The pid of a process holding a file matching `path_glob` open (a trial's trial.log)."""
+    import fnmatch
+
+    for fd in glob.glob("/proc/[0-9]*/fd/*"):
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if fnmatch.fnmatch(target, path_glob):
+            return int(fd.split("/")[2])
+    return None
+
+
+def test_a_trial_whose_process_is_killed_restarts_from_its_checkpoint_to_the_same_result(etl_dir, tmp_path, capsys):
+    import threading
+
+    space = write(tmp_path / "space.yaml", "model.arch: gru\ntrain.lr: {grid: [0.01]}\n")
+    base = {"model": BASE["model"], "train": {"epochs": 20, "train_days": "1:3", "checkpoint_every": "epoch",
+                                              "max_failures": 1}}
+    killed = []
+
+    def kill_mid_trial():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            if glob.glob(str(tmp_path / "sweep" / "trials" / "*" / "checkpoints" / "in-process" / "*-day-002-*")):
+                pid = process_writing(str(tmp_path / "sweep" / "trials" / "*" / "trial.log"))
+                if pid:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=kill_mid_trial)
+    watcher.start()
+    try:
+        assert main(["tune", "--data", etl_dir, "--out", str(tmp_path / "sweep"), "--space", space,
+                     "--config", write(tmp_path / "base.yaml", base)]) == 0
+    finally:
+        killed.append(None)
+        watcher.join()
+    assert killed[0] is not None
+    assert "restarted" in capsys.readouterr().out
+    (row,) = rows(str(tmp_path / "sweep"))
+    assert row["status"] == "finished"
+    log = open(os.path.join(os.path.dirname(row["run_dir"]), "trial.log")).read()
+    assert "restart 1 from the last checkpoint: 1 window(s) done, resuming at day 2" in log
+    assert main(["train", "--data", etl_dir, "--config", str(tmp_path / "sweep" / "best.yaml"),
+                 "--out", str(tmp_path / "again")]) == 0                      # the same run, never killed
+    again = json.load(open(tmp_path / "again" / "metrics.json"))
+    assert float(row["score_ndcg@20"]) == pytest.approx(again["average"]["ndcg@20"], abs=1e-9)

@@ -149,7 +149,9 @@ def connect(cfg: SweepConfig, train: TrainConfig) -> tuple[dict, int]:
     from rayrec.raylocal import init_ray
 
     quiet(cfg.verbose)
-    init_ray(cfg.address)
+    # the trials' output is in their trial.log; what a trial process prints as Tune ends it
+    # (Ray's SIGTERM handler inside a weakref callback) is noise at the driver
+    init_ray(cfg.address, log_to_driver=cfg.verbose)
     return resources(cfg, train)
 
 
@@ -258,6 +260,7 @@ class Progress(TrialProgressCallback):
         self.out, self.metric, self.sign, self.total = out, metric, 1 if mode == "max" else -1, total
         self.best: tuple[float, str] | None = None
         self.started = time.monotonic()
+        self.seen: set[str] = set()
 
     def setup(self, **info):
         self.started = time.monotonic()   # also after a restore, which brings back the old clock
@@ -267,6 +270,10 @@ class Progress(TrialProgressCallback):
         sys.stdout.flush()
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        if trial.trial_id in self.seen:
+            self.say(f"{short(trial.trial_id)} restarted: it goes on from its newest checkpoint")
+            return
+        self.seen.add(trial.trial_id)
         params = trial_params(trial.config)
         self.say(f"{short(trial.trial_id)} started ({len(trials)}/{self.total}): {describe(params)}")
 
