@@ -198,24 +198,29 @@ def synthetic_sweep(work: str, name: str, a, scheduler: str, events: int, trials
     return json.load(open(os.path.join(work, name, "results.json"))), wall
 
 
-def efficiency(a) -> None:
-    """Sum of the trials' training seconds / (wall seconds x concurrency)."""
-    work = tempfile.mkdtemp(prefix="rayrec-sweeps-")
-    results, wall = synthetic_sweep(work, "fifo", a, "fifo", a.events, a.trials)
+def efficiency_table(results: dict, wall: float, concurrency: int = 2) -> dict:
+    """Sum of the trials' training seconds / (wall seconds x concurrency), and start-up."""
     rows = [r for r in results["trials"] if r["status"] == "finished"]
-    concurrency = 2
     train_s = sum(r["train_seconds"] for r in rows)
     run_s = sum(r["run_seconds"] for r in rows)
     trial_s = sum(r["seconds"] for r in rows)
-    print(f"\n{len(rows)} trials, {concurrency} at once, wall {wall:.1f} s (Ray start-up included)")
+    print(f"\n{len(rows)} finished trials, {concurrency} at once, wall {wall:.1f} s (Ray start-up included)")
     print(f"{'seconds':<48} {'sum':>8} {'share':>7}")
     for name, v in (("training loop (train_seconds)", train_s), ("run_training: load, train, evaluate, publish", run_s),
                     ("trial function (incl. model check)", trial_s), ("wall x concurrency", wall * concurrency)):
         print(f"{name:<48} {v:>8.1f} {v / (wall * concurrency):>7.1%}")
-    print(f"start-up per trial (wall x concurrency - run seconds) / trials: "
-          f"{(wall * concurrency - run_s) / len(rows):.2f} s; inside the trial before training "
-          f"{(trial_s - run_s) / len(rows):.2f} s")
-    print(json.dumps({"wall": wall, "train_s": train_s, "run_s": run_s, "trial_s": trial_s, "trials": len(rows)}))
+    startup = (wall * concurrency - run_s) / len(rows)
+    print(f"start-up per trial (wall x concurrency - run seconds) / trials: {startup:.2f} s; "
+          f"inside the trial before training {(trial_s - run_s) / len(rows):.2f} s")
+    return {"wall": round(wall, 1), "train_s": round(train_s, 1), "run_s": round(run_s, 1), "trials": len(rows),
+            "efficiency_train": round(train_s / (wall * concurrency), 3),
+            "efficiency_run": round(run_s / (wall * concurrency), 3), "startup_s": round(startup, 2)}
+
+
+def efficiency(a) -> None:
+    work = tempfile.mkdtemp(prefix="rayrec-sweeps-")
+    results, wall = synthetic_sweep(work, "fifo", a, "fifo", a.events, a.trials)
+    print(json.dumps(efficiency_table(results, wall)))
 
 
 def asha(a) -> None:
@@ -227,8 +232,10 @@ def asha(a) -> None:
         best = results["trials"][0]
         out[scheduler] = {"wall": round(wall, 1), "best": best["score"], "best_trial": best["params"],
                           "stopped": sum(r["status"] == "stopped early" for r in results["trials"])}
+        if scheduler == "fifo":   # every trial to completion: the sweep-efficiency figure too
+            out["efficiency"] = efficiency_table(results, wall)
     print(f"\n{'scheduler':<10} {'wall s':>8} {'best ndcg@20':>13} {'stopped early':>14}")
-    for k, v in out.items():
+    for k, v in ((k, out[k]) for k in ("fifo", "asha")):
         print(f"{k:<10} {v['wall']:>8.1f} {v['best']:>13.4f} {v['stopped']:>14}")
     print(f"ASHA: {out['fifo']['wall'] / out['asha']['wall']:.2f}x faster, best metric "
           f"{out['asha']['best'] / out['fifo']['best'] - 1:+.2%}")

@@ -64,11 +64,15 @@ def test_a_sweep_over_architectures_and_maskings_writes_its_results_and_a_best_c
     assert again["average"]["ndcg@20"] == pytest.approx(best["score"], abs=1e-9)
 
 
-def test_asha_stops_a_clearly_bad_arm_early_and_keeps_its_checkpoint(etl_dir, tmp_path):
+@pytest.mark.parametrize("every", ["window", "epoch"])
+def test_asha_stops_a_clearly_bad_arm_early_and_keeps_its_checkpoint(etl_dir, tmp_path, every):
+    """Day by day (an evaluation per window), or one window evaluated after each epoch."""
     space = write(tmp_path / "space.yaml", "train.lr: {grid: [0.01, 0.005, 1.0e-7]}\nmodel.arch: gru\n")
+    base = BASE if every == "window" else \
+        {"model": BASE["model"], "train": {"epochs": 3, "train_days": "1:3", "window_days": 3, "eval_every": "epoch"}}
     sweep = str(tmp_path / "sweep")
     assert main(["tune", "--data", etl_dir, "--out", sweep, "--space", space, "--scheduler", "asha",
-                 "--concurrent", "1", "--config", write(tmp_path / "base.yaml", BASE)]) == 0
+                 "--concurrent", "1", "--config", write(tmp_path / "base.yaml", base)]) == 0
     found = {float(r["train.lr"]): r for r in rows(sweep)}
     bad = found[1e-7]
     assert bad["status"] == "stopped early" and len(bad["reports_ndcg@20"].split(";")) < 3

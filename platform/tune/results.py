@@ -100,7 +100,7 @@ def trial_row(out: str, tid: str, model: ModelConfig, train: TrainConfig, metric
         history, status = metrics["days"], FINISHED
     else:
         history = publish_stopped(here, model, train, params, error)
-        status = ERROR if error else STOPPED if history else NOT_RUN
+        status = ERROR if error else STOPPED if reported or os.path.isdir(run) else NOT_RUN
     from_history = [{"evaluation": r.get("evaluation", i + 1), **{k: r[k] for k in (*KEPT, metric) if k in r}}
                     for i, r in enumerate(history or []) if r.get("eval_day") is not None]
     known = {r["evaluation"] for r in reported}
