@@ -87,23 +87,24 @@ def score_run(run_dir: str, points: list[tuple[list, object]], batch: int = 512)
     return hit_and_mrr(ranks)
 
 
-def knn_rows(drop: bool) -> list[dict]:
+def knn_rows(drop: bool, tuned: bool) -> list[dict]:
     train, test = read_sessions(os.path.join(DATA, "train.tsv"), drop), read_sessions(os.path.join(DATA, "test.tsv"),
                                                                                        drop)
     points = prediction_points(test)
     rows = [{"model": "V-SkNN (k 100, sample 500, linear, cosine)",
              **hit_and_mrr([VSkNN(train).rank_of(p, y) for p, y in points])}]
     best_hr = best_mrr = None
-    for k in (25, 50, 100, 200, 500, 1000):
-        for sample in (250, 500, 1000, 2500):
-            for decay in ("linear", "quadratic", "log", "same"):
-                m = hit_and_mrr([VSkNN(train, k, sample, decay).rank_of(p, y) for p, y in points])
-                if best_hr is None or m["HR@20"] > best_hr["HR@20"]:
-                    best_hr = dict(m, setting=f"k {k}, sample {sample}, {decay}")
-                if best_mrr is None or m["MRR@20"] > best_mrr["MRR@20"]:
-                    best_mrr = dict(m, setting=f"k {k}, sample {sample}, {decay}")
-    rows.append({"model": f"V-SkNN best of 96 on test: HR ({best_hr['setting']}) / MRR ({best_mrr['setting']})",
-                 "HR@20": best_hr["HR@20"], "MRR@20": best_mrr["MRR@20"], "points": best_hr["points"]})
+    grid = [(k, sample, decay) for k in (25, 50, 100, 200, 500, 1000) for sample in (250, 500, 1000, 2500)
+            for decay in ("linear", "quadratic", "log", "same")] if tuned else []
+    for k, sample, decay in grid:
+        m = hit_and_mrr([VSkNN(train, k, sample, decay).rank_of(p, y) for p, y in points])
+        if best_hr is None or m["HR@20"] > best_hr["HR@20"]:
+            best_hr = dict(m, setting=f"k {k}, sample {sample}, {decay}")
+        if best_mrr is None or m["MRR@20"] > best_mrr["MRR@20"]:
+            best_mrr = dict(m, setting=f"k {k}, sample {sample}, {decay}")
+    if grid:
+        rows.append({"model": f"V-SkNN best of 96 on test: HR ({best_hr['setting']}) / MRR ({best_mrr['setting']})",
+                     "HR@20": best_hr["HR@20"], "MRR@20": best_mrr["MRR@20"], "points": best_hr["points"]})
     pop = VSkNN(train).popular[:20]
     rows.append({"model": "most popular", **hit_and_mrr([pop.index(y) + 1 if y in pop else None for _, y in points])})
     return rows, points
@@ -133,18 +134,19 @@ def yoochoose(a) -> None:
     tables = {}
     work = tempfile.mkdtemp(prefix="rayrec-sweeps-")
     data = prepare_yoochoose(os.path.join(work, "keep"), drop_repeats=False)
-    sweep = os.path.join(work, "sweep")
+    sweep = a.sweep or os.path.join(work, "sweep")
     started = time.perf_counter()
-    run_sweep(SweepConfig(data=data, out=sweep, space=os.path.join(EXAMPLE, "space.yaml"), samples=a.trials,
-                          scheduler=a.scheduler, metric="ndcg@20", seed=a.seed,
-                          cpus_per_worker=a.threads_per_trial), model, train)
+    if not a.sweep:   # else: the finished sweep given
+        run_sweep(SweepConfig(data=data, out=sweep, space=os.path.join(EXAMPLE, "space.yaml"), samples=a.trials,
+                              scheduler=a.scheduler, metric="ndcg@20", seed=a.seed,
+                              cpus_per_worker=a.threads_per_trial), model, train)
     sweep_seconds = time.perf_counter() - started
     results = json.load(open(os.path.join(sweep, "results.json")))
     best = results["trials"][0]
     best_model, best_train = apply(model, train, best["params"])
     for drop in (False, True):
         data = data if not drop else prepare_yoochoose(os.path.join(work, "drop"), drop_repeats=True)
-        rows, points = knn_rows(drop)
+        rows, points = knn_rows(drop, a.knn_tuned)
         for name, (m, t) in (("rayrec GPT-2 CLM, default config", (ModelConfig(max_len=50),
                                                                     TrainConfig(epochs=5, threads_per_worker=2))),
                              ("rayrec swept best", (best_model, dataclasses.replace(best_train, threads_per_worker=2)))):
@@ -249,6 +251,9 @@ def main() -> None:
     p.add_argument("--scheduler", default="asha")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads-per-trial", type=int, default=1)
+    p.add_argument("--sweep", help="yoochoose: score this finished sweep's best instead of running one")
+    p.add_argument("--knn-tuned", action="store_true", help="yoochoose: also V-SkNN's best of 96 settings "
+                   "on the test set (slow: about an hour on 2 cores)")
     p.add_argument("--events", type=int, default=300_000, help="synthetic events (efficiency, asha)")
     a = p.parse_args()
     {"yoochoose": yoochoose, "efficiency": efficiency, "asha": asha}[a.part](a)

@@ -16,8 +16,9 @@ def plot_sweep(compiled: dict, path: str) -> str:
     best: dict[tuple[str, str], float] = {}
     sign = 1 if compiled["mode"] == "max" else -1
     rejected = set()
+    base = compiled.get("base", {})
     for t in trials:
-        cell = (str(t["params"].get("model.arch", "base")), str(t["params"].get("model.masking", "base")))
+        cell = tuple(str(t["params"].get(k, base.get(k, "base"))) for k in ("model.arch", "model.masking"))
         if t["status"] == "rejected":
             rejected.add(cell)
         if t["score"] is None:

@@ -46,7 +46,8 @@ def compile_results(out: str, state: dict, grid, metric: str, mode: str, wall: f
     sign = 1 if mode == "max" else -1
     rows.sort(key=lambda r: (r["status"] != FINISHED, -sign * r["score"] if r["score"] is not None else math.inf))
     compiled = {"metric": metric, "mode": mode, "wall_seconds": round(wall, 2), "trials": rows,
-                "planned": len(state["trials"]), "keys": state["keys"]}
+                "planned": len(state["trials"]), "keys": state["keys"],
+                "base": {"model.arch": model.arch, "model.masking": model.masking}}
     write_outputs(out, compiled, model, train)
     return compiled
 

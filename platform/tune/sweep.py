@@ -264,6 +264,7 @@ class Progress(TrialProgressCallback):
 
     def setup(self, **info):
         self.started = time.monotonic()   # also after a restore, which brings back the old clock
+        self.seen = getattr(self, "seen", set())
 
     def say(self, text: str) -> None:
         sys.stdout.write(f"[tune {time.monotonic() - self.started:7.1f}s] {text}\n")
