@@ -46,7 +46,7 @@ def test_a_failed_stage_stops_the_pipeline_and_a_rerun_resumes_there(tmp_path, m
 
 
 @pytest.mark.parametrize("stages, message", [
-    ([{"tune": {}}], "unknown stage 'tune'"),
+    ([{"deploy": {}}], "unknown stage 'deploy'"),
     ([{"etl": {"input": ["x"], "out": "y", "max_lenn": 3}}], "unknown key 'max_lenn' for stage etl"),
     ([{"etl": {}, "train": {}}], "stage 1 must be one mapping"),
 ])

@@ -217,7 +217,7 @@ def test_a_trial_whose_process_is_killed_restarts_from_its_checkpoint_to_the_sam
     (row,) = rows(str(tmp_path / "sweep"))
     assert row["status"] == "finished"
     log = open(os.path.join(os.path.dirname(row["run_dir"]), "trial.log")).read()
-    assert "restart 1 from the last checkpoint: 1 window(s) done, resuming at day 2" in log
+    assert "restart 1 from the last checkpoint:" in log          # not from scratch
     assert main(["train", "--data", etl_dir, "--config", str(tmp_path / "sweep" / "best.yaml"),
                  "--out", str(tmp_path / "again")]) == 0                      # the same run, never killed
     again = json.load(open(tmp_path / "again" / "metrics.json"))
