@@ -112,6 +112,9 @@ def run_sweep(cfg: SweepConfig | None, model: ModelConfig | None, train: TrainCo
         cfg = SweepConfig(**state["sweep"])
     else:
         state = prepare(cfg, model, train)
+        if os.path.exists(cfg.out) and not overwrite:   # before the cluster starts
+            raise FileExistsError(f"{cfg.out} exists: pass --overwrite to replace it, or --resume {cfg.out} "
+                                  "to finish it")
     model, train = ModelConfig(**state["model"]), TrainConfig(**state["train"])
     placement = connect(cfg, train)          # the cluster can hold what the trials ask for
     if not resume:
