@@ -200,6 +200,71 @@ def synthetic_sweep(work: str, name: str, a, scheduler: str, events: int, trials
     return json.load(open(os.path.join(work, name, "results.json"))), wall
 
 
+SYNTH_SPACE = """\
+model.arch: {choice: [gpt2, llama, gru]}
+model.d_model: {choice: [64, 128]}
+model.n_head: {choice: [2, 4], divides: model.d_model}
+model.n_layer: {choice: [1, 2]}
+model.dropout: {uniform: [0.0, 0.3]}
+train.lr: {loguniform: [1.0e-3, 1.0e-2]}
+train.batch_size: {choice: [128, 256]}
+"""
+
+
+def synthetic(a) -> None:
+    """The sweep's best on `rayrec synth` data against the Bayes-optimal ceiling of the last day.
+
+    The trials train on days 1-5 as one window and are selected on day 6 (after each
+    epoch, under ASHA); the default config and the best are then trained on days 1-6 and
+    scored on day 7, whose ceiling the generator computed."""
+    from rayrec.etl import EtlConfig, default_workflow, run_etl
+    from rayrec.models.config import ModelConfig
+    from rayrec.synth import SynthConfig, write
+    from rayrec.train.config import TrainConfig
+    from rayrec.train.trainer import run_training
+    from rayrec.tune.space import apply
+    from rayrec.tune.sweep import SweepConfig, run_sweep
+
+    work = a.work or tempfile.mkdtemp(prefix="rayrec-sweeps-")
+    raw, data = os.path.join(work, f"synth-{a.events}"), os.path.join(work, f"data-{a.events}")
+    if not os.path.exists(data):
+        write(SynthConfig(events=a.events, days=7, seed=0), raw)
+        run_etl([os.path.join(raw, "events.parquet")], data, EtlConfig(), default_workflow(EtlConfig()),
+                progress=lambda m: None)
+    ceiling = json.load(open(os.path.join(raw, "ceiling.json")))["by_day"]["7"]["recall@20"]
+    space = os.path.join(work, "synth-space.yaml")
+    with open(space, "w") as f:
+        f.write(SYNTH_SPACE)
+    # the quickstart's model, as the base and the default row
+    model = ModelConfig(arch="gpt2", masking="clm", d_model=64, n_layer=2, n_head=4, max_len=20)
+    base = TrainConfig(workers=0, epochs=a.epochs, lr=5e-3, batch_size=128, train_days="1:5", window_days=5,
+                       eval_every="epoch")
+    sweep = a.sweep or os.path.join(work, "synth-sweep")
+    started = time.perf_counter()
+    if not a.sweep:
+        run_sweep(SweepConfig(data=data, out=sweep, space=space, samples=a.trials, scheduler=a.scheduler,
+                              metric="recall@20", seed=a.seed, cpus_per_worker=a.threads_per_trial), model, base)
+    sweep_seconds = time.perf_counter() - started
+    best = json.load(open(os.path.join(sweep, "results.json")))["trials"][0]
+    rows = []
+    for name, (m, t) in (("default (quickstart model, 4 epochs)", (model, dataclasses.replace(base, epochs=4))),
+                         ("swept best", apply(model, base, best["params"]))):
+        t = dataclasses.replace(t, train_days="1:6", window_days=6, eval_every="window", threads_per_worker=2)
+        run = os.path.join(work, f"synth-{len(rows)}")
+        began = time.perf_counter()
+        metrics = run_training(data, run, m, t, overwrite=True)
+        recall = metrics["days"][-1]["recall@20"]
+        rows.append({"model": name, "recall@20": recall, "of_ceiling": recall / ceiling,
+                     "train_s": round(time.perf_counter() - began, 1)})
+    print(f"\nsweep: {a.trials} trials in {sweep_seconds:.0f} s; best (day-6 recall@20 {best['score']:.4f}): "
+          f"{best['params']}")
+    print(f"\nrayrec synth, {a.events:,} events, 7 days: day 7, Bayes-optimal recall@20 {ceiling:.4f}")
+    print(f"{'model':<40} {'recall@20':>10} {'of ceiling':>11} {'train s':>8}")
+    for r in rows:
+        print(f"{r['model']:<40} {r['recall@20']:>10.4f} {r['of_ceiling']:>11.1%} {r['train_s']:>8.1f}")
+    print(json.dumps({"ceiling": ceiling, "rows": rows, "best": best, "work": work}))
+
+
 def efficiency_table(results: dict, wall: float, concurrency: int = 2) -> dict:
     """Sum of the trials' training seconds / (wall seconds x concurrency), and start-up."""
     rows = [r for r in results["trials"] if r["status"] == "finished"]
@@ -246,7 +311,7 @@ def asha(a) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=["yoochoose", "efficiency", "asha"])
+    p.add_argument("part", choices=["yoochoose", "synthetic", "efficiency", "asha"])
     p.add_argument("--trials", type=int, default=16)
     p.add_argument("--scheduler", default="asha")
     p.add_argument("--seed", type=int, default=0)
@@ -254,9 +319,13 @@ def main() -> None:
     p.add_argument("--sweep", help="yoochoose: score this finished sweep's best instead of running one")
     p.add_argument("--knn-tuned", action="store_true", help="yoochoose: also V-SkNN's best of 96 settings "
                    "on the test set (slow: about an hour on 2 cores)")
-    p.add_argument("--events", type=int, default=300_000, help="synthetic events (efficiency, asha)")
+    p.add_argument("--events", type=int, default=None,
+                   help="synthetic events (default: 1,000,000 for synthetic, 300,000 for efficiency and asha)")
+    p.add_argument("--epochs", type=int, default=4, help="synthetic: the trials' epochs")
+    p.add_argument("--work", help="synthetic: keep the data (and runs) in this directory, to reuse")
     a = p.parse_args()
-    {"yoochoose": yoochoose, "efficiency": efficiency, "asha": asha}[a.part](a)
+    a.events = a.events or (1_000_000 if a.part == "synthetic" else 300_000)
+    {"yoochoose": yoochoose, "synthetic": synthetic, "efficiency": efficiency, "asha": asha}[a.part](a)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,9 @@ def test_a_sweep_over_architectures_and_maskings_writes_its_results_and_a_best_c
         assert len(r["reports_ndcg@20"].split(";")) == 3                     # one report per evaluated window
         assert os.path.exists(os.path.join(r["run_dir"], "checkpoint", "model.safetensors"))
     assert "rejected:" in out and "best so far" in out and "rank" in out
+    pids = {json.load(open(os.path.join(os.path.dirname(r["run_dir"]), "times.json")))["pid"]
+            for r in by_status["finished"]}
+    assert len(pids) < 3                  # two at a time, in trial processes that Tune reuses
     assert "Configuration for experiment" not in out and "Trial status" not in out   # Ray's tables stay hidden
     results = json.load(open(os.path.join(sweep, "results.json")))
     best = results["trials"][0]

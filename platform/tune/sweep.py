@@ -187,6 +187,9 @@ def run_tune(cfg: SweepConfig, out: str, state: dict, model: ModelConfig, train:
             trainable, param_space=param_space,
             tune_config=tune.TuneConfig(scheduler=scheduler(cfg, state, train), max_concurrent_trials=concurrent,
                                         search_alg=search, num_samples=samples,
+                                        # an in-process trial's process (torch, transformers and
+                                        # the dataset's page cache warm) takes the next trial
+                                        reuse_actors=cfg.workers_per_trial == 0,
                                         trial_name_creator=lambda t: t.trial_id,
                                         trial_dirname_creator=lambda t: t.trial_id),
             run_config=tune.RunConfig(name="tune", storage_path=out, verbose=0 if not cfg.verbose else 1,

@@ -116,7 +116,8 @@ def run_trial(config: dict, spec: str) -> None:
     trained = sum(d.get("train_seconds", 0.0) for d in metrics["days"])
     write_json(os.path.join(here, TIMES), {"seconds": round(time.time() - started, 3),   # this attempt
                                            "run_seconds": round(time.time() - ran, 3),
-                                           "train_seconds": round(trained, 3)})
+                                           "train_seconds": round(trained, 3),
+                                           "pid": os.getpid()})   # a reused trial process shows here
 
 
 def replay(here: str, reporter: TuneReporter) -> bool:
