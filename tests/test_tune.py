@@ -225,3 +225,26 @@ def test_a_trial_whose_process_is_killed_restarts_from_its_checkpoint_to_the_sam
                  "--out", str(tmp_path / "again")]) == 0                      # the same run, never killed
     again = json.load(open(tmp_path / "again" / "metrics.json"))
     assert float(row["score_ndcg@20"]) == pytest.approx(again["average"]["ndcg@20"], abs=1e-9)
+
+
+def test_a_sweep_on_a_two_node_cluster_places_its_trials_on_both_nodes(etl_dir, tmp_path):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()   # the local cluster the sweeps above started in this process
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "object_store_memory": 150 * 1024 * 1024, "node_ip_address": "127.0.0.1"})
+    cluster.add_node(num_cpus=1, object_store_memory=150 * 1024 * 1024, node_ip_address="127.0.0.1")
+    cluster.wait_for_nodes()
+    try:
+        space = write(tmp_path / "space.yaml", "model.arch: gru\ntrain.lr: {grid: [0.01, 0.005]}\n")
+        sweep = str(tmp_path / "sweep")
+        assert main(["tune", "--data", etl_dir, "--out", sweep, "--space", space, "--address", cluster.address,
+                     "--config", write(tmp_path / "base.yaml", BASE)]) == 0
+        found = rows(sweep)
+        assert [r["status"] for r in found] == ["finished", "finished"]
+        nodes = {json.load(open(os.path.join(os.path.dirname(r["run_dir"]), "times.json")))["node"] for r in found}
+        assert len(nodes) == 2                # the trials filled both nodes
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

@@ -85,6 +85,7 @@ def eval_report_callback(metric: str):
 
 def run_trial(config: dict, spec: str) -> None:
     """Tune's trainable: `config` holds the trial's values, `spec` the TrialSpec."""
+    import ray
     from ray import tune
 
     from rayrec.models.checkpoint import build_model
@@ -117,7 +118,8 @@ def run_trial(config: dict, spec: str) -> None:
     write_json(os.path.join(here, TIMES), {"seconds": round(time.time() - started, 3),   # this attempt
                                            "run_seconds": round(time.time() - ran, 3),
                                            "train_seconds": round(trained, 3),
-                                           "pid": os.getpid()})   # a reused trial process shows here
+                                           "pid": os.getpid(),    # a reused trial process shows here
+                                           "node": ray.get_runtime_context().get_node_id()})
 
 
 def replay(here: str, reporter: TuneReporter) -> bool:
