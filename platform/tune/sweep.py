@@ -282,7 +282,7 @@ class Progress(TrialProgressCallback):
             return
         self.seen.add(trial.trial_id)
         params = trial_params(trial.config)
-        self.say(f"{short(trial.trial_id)} started ({len(trials)}/{self.total}): {describe(params)}")
+        self.say(f"{short(trial.trial_id)} started ({len(self.seen)}/{self.total}): {describe(params)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(self.metric)
