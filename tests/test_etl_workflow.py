@@ -205,6 +205,11 @@ def test_tutorial_model_examples_train_on_rees46_output(rees46_dir, synth_dir, t
         seen_items, _ = rec.recommend(events, 5, exclude_seen=True)
         assert len(items) == 5 and scores == sorted(scores, reverse=True)
         assert not set(seen_items) & set(session.product_id)
+        # side features batched: sessions of different lengths in one batch, each as alone
+        from rayrec.serve.predictor import Query
+
+        many = rec.recommend_many([Query(events, 5), Query(events[:3], 5)])
+        assert many[0][0] == items and many[1][0] == rec.recommend(events[:3], 5)[0]
 
 
 def test_data_prepared_by_nvtabular_builds_and_trains_a_model(tmp_path):

@@ -94,9 +94,13 @@ class Categorify(Op):
 
     def decode(self, codes: np.ndarray, vocab: str) -> list:
         """Codes back to raw values; padding, OOV and null codes come back as None."""
-        known = self._state[vocab].column("value").to_pylist()
+        known = self._state[vocab].column("value")
         first = self.start_index + 2
-        return [known[c - first] if first <= c < first + len(known) else None for c in np.asarray(codes).tolist()]
+        pos = np.asarray(codes, dtype=np.int64) - first
+        inside = (pos >= 0) & (pos < len(known))
+        values = known.take(pa.array(np.where(inside, pos, 0))).to_pylist() if len(known) else [None] * len(pos)
+        # O(len(codes)): only the asked-for rows are taken from the vocabulary
+        return [v if ok else None for v, ok in zip(values, inside.tolist())]
 
     def cardinality(self, vocab: str) -> int:
         """Embedding rows needed: padding, the specials and every known value."""

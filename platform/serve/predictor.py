@@ -1,4 +1,7 @@
-"""A trained run as a function: raw events of one live session -> top-k raw item ids.
+"""A trained run as a function: raw events of live sessions -> top-k raw item ids.
+
+Three parts: encode (raw events -> the model's inputs, one session or many), score (a
+Scorer: top-k codes for a batch) and decode (codes -> raw ids, O(k) per answer).
 
 Loads only data from the run directory (workflow JSON + parquet, schema, model JSON +
 safetensors): no pickle, no code from the directory. The fitted workflow turns the raw
@@ -11,8 +14,10 @@ import os
 import shutil
 import tempfile
 import weakref
+from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from rayrec.etl.columns import Ragged
@@ -21,7 +26,10 @@ from rayrec.files import require_complete
 from rayrec.models.batch import pad_ragged
 from rayrec.models.checkpoint import load_model
 from rayrec.schema import Schema
+from rayrec.serve.scoring import Scorer, TorchScorer
 from rayrec.storage import is_uri, locate
+
+MAX_RULE_IDS = 100_000   # ids in one include/exclude list
 
 
 class Recommender:
@@ -42,6 +50,7 @@ class Recommender:
                              "encoded by this workflow's Categorify")
         self.encoder = self.workflow.categorify_for(self.vocab)
         self.model = load_model(os.path.join(run_dir, "checkpoint"))
+        self.scorer: Scorer = TorchScorer(self.model)
         if self.model.n_items != self.encoder.cardinality(self.vocab):
             raise ValueError(f"{run_dir}: the model has {self.model.n_items} item rows but the workflow "
                              f"encodes {self.encoder.cardinality(self.vocab)}; they come from different datasets")
@@ -50,27 +59,99 @@ class Recommender:
     def catalogue_size(self) -> int:
         return self.model.n_items - self.model.first_item
 
-    def encode(self, events: list[dict]) -> dict[str, torch.Tensor]:
-        """The model's input batch (one row) for one session's raw events."""
+    # --- encode: raw events -> the model's inputs ----------------------------------------
+    def encode_session(self, events: list[dict]) -> dict[str, np.ndarray]:
+        """One session's raw events -> its feature arrays, unpadded (the workflow online)."""
         frame = self.workflow.transform_events(events)
         item = frame[self.item_col]
         if not isinstance(item, Ragged) or len(item) != 1:
             raise ValueError(f"events: expected the events of one session, got {len(item)} sessions")
-        batch = {}
+        row = {}
         for f in self.model.features:
             if f.name not in frame:
                 raise ValueError(f"the workflow does not produce model feature {f.name!r}")
-            col = frame[f.name]
-            dtype = np.int64 if f.kind == "categorical" else np.float32
+            col, dtype = frame[f.name], np.int64 if f.kind == "categorical" else np.float32
             if f.is_list:
-                values = np.asarray(col.values, dtype=dtype)
-                batch[f.name] = torch.from_numpy(pad_ragged(col.offsets - col.offsets[0], values, len(values)))
+                row[f.name] = np.asarray(col.values[col.offsets[0]:col.offsets[1]], dtype=dtype)
             else:
-                batch[f.name] = torch.from_numpy(np.asarray(col, dtype=dtype)[:1])
+                row[f.name] = np.asarray(col, dtype=dtype)[:1]
+        return row
+
+    def collate(self, rows: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+        """Sessions' feature arrays -> one right-padded batch."""
+        batch = {}
+        for f in self.model.features:
+            parts = [r[f.name] for r in rows]
+            if f.is_list:
+                lengths = np.array([len(p) for p in parts])
+                offsets = np.concatenate([[0], np.cumsum(lengths)])
+                batch[f.name] = torch.from_numpy(pad_ragged(offsets, np.concatenate(parts), max(lengths.max(), 1)))
+            else:
+                batch[f.name] = torch.from_numpy(np.concatenate(parts))
         return batch
 
-    def recommend(self, events: list[dict], k: int, exclude_seen: bool = False) -> tuple[list, list[float]]:
+    def encode(self, events: list[dict]) -> dict[str, torch.Tensor]:
+        """The model's input batch (one row) for one session's raw events."""
+        return self.collate([self.encode_session(events)])
+
+    def item_codes(self, ids: list, field: str) -> torch.Tensor:
+        """Raw item ids of a business rule -> codes; ids the model never saw drop out
+        (they cannot be recommended anyway)."""
+        if not isinstance(ids, list):
+            raise ValueError(f"{field}: expected a list of item ids")
+        if not ids:
+            return torch.zeros(0, dtype=torch.int64)
+        if len(ids) > MAX_RULE_IDS:
+            raise ValueError(f"{field}: {len(ids)} item ids; at most {MAX_RULE_IDS}")
+        try:
+            values = pa.array(ids)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+            raise ValueError(f"{field}: expected a list of item ids of one type, got {ids[:5]!r}") from None
+        codes = torch.from_numpy(np.asarray(self.encoder.encode(values, self.vocab, field), dtype=np.int64))
+        return codes[codes >= self.model.first_item]
+
+    # --- score and decode ----------------------------------------------------------------
+    def recommend_many(self, queries: list[Query]) -> list[tuple[list, list[float]]]:
+        """Top-k raw ids and scores for many sessions, scored as one batch."""
+        rows = [self.encode_session(q.events) for q in queries]
+        batch = self.collate(rows)
+        banned = self.banned(queries, batch)
+        allowed = [self.item_codes(q.include, "include") if q.include is not None else None for q in queries]
+        codes, scores = self.scorer.topk(batch, max(q.k for q in queries), banned,
+                                         allowed if any(a is not None for a in allowed) else None)
+        return [self.decode(codes[i, :q.k], scores[i, :q.k]) for i, q in enumerate(queries)]
+
+    def banned(self, queries: list[Query], batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """[N, L] codes each row may not return: its own items (exclude_seen) and its
+        `exclude` list; 0 pads."""
+        parts = []
+        for i, q in enumerate(queries):
+            row = [batch[self.item_col][i]] if q.exclude_seen else []
+            if q.exclude:
+                row.append(self.item_codes(q.exclude, "exclude"))
+            parts.append(torch.cat(row) if row else torch.zeros(0, dtype=torch.int64))
+        width = max(len(p) for p in parts)
+        if width == 0:
+            return None
+        return torch.stack([torch.nn.functional.pad(p, (0, width - len(p))) for p in parts])
+
+    def decode(self, codes: torch.Tensor, scores: torch.Tensor) -> tuple[list, list[float]]:
+        """Codes -> raw ids, O(k): padding of a short answer (score -inf) is dropped."""
+        keep = torch.isfinite(scores)
+        return (self.encoder.decode(codes[keep].numpy(), self.vocab),
+                [round(float(s), 6) for s in scores[keep]])
+
+    def recommend(self, events: list[dict], k: int, exclude_seen: bool = False, include: list | None = None,
+                  exclude: list | None = None) -> tuple[list, list[float]]:
         """Top-k next items for a session given as raw events (unknown ids count as OOV)."""
-        codes, scores = self.model.recommend(self.encode(events), k, exclude_seen=exclude_seen)
-        keep = torch.isfinite(scores[0])
-        return self.encoder.decode(codes[0][keep].numpy(), self.vocab), [round(float(s), 6) for s in scores[0][keep]]
+        return self.recommend_many([Query(events, k, exclude_seen, include, exclude)])[0]
+
+
+@dataclass
+class Query:
+    """One session to answer: its raw events, and the rules for its answer."""
+    events: list[dict]
+    k: int = 10
+    exclude_seen: bool = False     # never recommend an item already in the session
+    include: list | None = None    # only these raw item ids may be recommended
+    exclude: list | None = None    # these raw item ids are never recommended
