@@ -1,105 +1,209 @@
-"""`rayrec serve`: the Recommender behind HTTP on Ray Serve.
+"""`rayrec serve`: the predictor behind HTTP on Ray Serve, batched and scaled.
 
-POST /recommend {"events": [{<item col>: id, <time col>: t}, ...], "k": 10}
-  -> {"items": [...raw ids...], "scores": [...]}
-GET /healthz -> {"status": "ok", ...}
-Bad requests get 400 with a message; bodies over `max_body_bytes` or sessions over
-`max_events` events get 413. Binds 127.0.0.1 unless told otherwise.
+Routes (OpenAPI at /openapi.json, docs at /docs):
+  POST /recommend        one session: {"events": [...], "k": 10, ...} -> {"items", "scores"}
+  POST /recommend/batch  {"sessions": [...]} -> {"results": [...]}
+  GET  /healthz          the replica is alive
+  GET  /readyz           the model is loaded, with its version
+  GET  /metrics          Prometheus text, summed over the replicas (metrics.py)
+Every answer carries the model version in X-Model-Version. Errors are
+{"error": ..., "field": ...} with a 4xx status (503 with Retry-After when overloaded).
+
+Sessions from concurrent requests are scored together (`@serve.batch`), on one worker
+thread beside the event loop: health checks and request parsing never wait for a batch.
 """
-from __future__ import annotations
-
-import json
+# no `from __future__ import annotations`: FastAPI reads the route annotations as types
+import asyncio
 import os
-from dataclasses import dataclass
+import time
+from concurrent.futures import ThreadPoolExecutor
 
+import pyarrow as pa
+from fastapi import Request, Response
+from fastapi.responses import PlainTextResponse
 from ray import serve
-from starlette.requests import Request
-from starlette.responses import JSONResponse
 
-from rayrec.serve.predictor import Recommender
+from rayrec.serve.api import (VERSION_HEADER, Batch, BatchRecommendation, BodyLimit, ClientError, Health, Ready,
+                              Recommendation, Session, error, new_api)
+from rayrec.serve.config import ServeConfig
+from rayrec.serve.predictor import Query, Recommender
 from rayrec.storage import is_uri
 
-
-@dataclass
-class ServeConfig:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_events: int = 1000          # events per request; more -> 413
-    max_body_bytes: int = 1 << 20   # request body; larger -> 413
-    max_k: int = 1000
-    threads: int = 1                # torch threads in the replica
+APP = "rayrec"
+api = new_api()
 
 
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
+def model_error(e: Exception) -> ClientError:
+    """A session the model cannot take (an id of the wrong type, a time out of range)."""
+    message = str(e) or type(e).__name__
+    for field in ("include", "exclude"):
+        if message.startswith(f"{field}:") or f"'{field}'" in message:
+            return ClientError(400, message, field)
+    return ClientError(400, message, "events")
 
 
-def parse_request(body: bytes, cfg: ServeConfig) -> tuple[list[dict], int]:
-    """Validate a /recommend body; raise BadRequest naming the field that is wrong."""
-    if len(body) > cfg.max_body_bytes:
-        raise BadRequest(413, f"request body is {len(body)} bytes; the limit is {cfg.max_body_bytes}")
-    try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadRequest(400, f"malformed JSON: {e}") from None
-    if not isinstance(payload, dict) or "events" not in payload:
-        raise BadRequest(400, 'missing field "events": expected {"events": [{...}, ...], "k": 10}')
-    events = payload["events"]
-    if not isinstance(events, list) or not events:
-        raise BadRequest(400, '"events" must be a non-empty list of event objects')
-    if len(events) > cfg.max_events:
-        raise BadRequest(413, f'"events" has {len(events)} events; the limit is {cfg.max_events}')
-    k = payload.get("k", 10)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= cfg.max_k:
-        raise BadRequest(400, f'"k" must be an integer in [1, {cfg.max_k}], got {k!r}')
-    return events, k
-
-
-@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
-class RecommendEndpoint:
-    def __init__(self, run_dir: str, cfg: ServeConfig):
+@serve.deployment(name="Endpoint")
+@serve.ingress(api)
+class Endpoint:
+    def __init__(self, run_dir: str, cfg_json: str):
+        import ray
         import torch
 
-        torch.set_num_threads(cfg.threads)
-        self.cfg = cfg
-        self.recommender = Recommender(run_dir)
-        self.run_dir = run_dir
+        from rayrec.serve.metrics import MetricsStore, ReplicaMetrics
 
-    async def __call__(self, request: Request) -> JSONResponse:
-        path = request.url.path.rstrip("/") or "/"
-        if path == "/healthz" and request.method == "GET":
-            return JSONResponse({"status": "ok", "run": self.run_dir, "items": self.recommender.catalogue_size})
-        if path != "/recommend":
-            return JSONResponse({"error": f"no route {request.method} {path}"}, status_code=404)
-        if request.method != "POST":
-            return JSONResponse({"error": "use POST /recommend"}, status_code=405)
+        self.cfg = cfg = ServeConfig.from_json(cfg_json)
+        torch.set_num_threads(cfg.threads)
+        BodyLimit.limits["max_body_bytes"] = cfg.max_body_bytes
+        self.recommender = Recommender(run_dir)
+        if cfg.num_gpus > 0 and torch.cuda.is_available():
+            self.recommender.to("cuda")
+        self.version = self.recommender.version
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="rayrec-score")   # torch work, off the event loop
+        self.score_batch.set_max_batch_size(cfg.max_batch_size)
+        self.score_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        app = serve.get_replica_context().app_name
+        store = ray.remote(MetricsStore).options(name=f"rayrec-metrics-{app}", namespace="rayrec",
+                                                 get_if_exists=True, lifetime="detached", num_cpus=0)
+        self.metrics = ReplicaMetrics(store.remote(), self.version)
+        # the module itself, not the names imported above: Serve copies this class, with
+        # the plain values its methods refer to, into the replica
+        from rayrec.serve import api as api_module
+
+        api_module.HOOKS["version"] = self.version
+        api_module.HOOKS["count"] = lambda route, status: self.metrics.counts.request(route, status, 0.0)
+
+    # --- scoring -------------------------------------------------------------------------
+    async def score(self, queries: list[Query]) -> list[tuple[list, list[float]]]:
+        loop = asyncio.get_running_loop()
+        if self.cfg.batching:
+            return await asyncio.gather(*(self.score_batch(q) for q in queries))
+        return await loop.run_in_executor(self.pool, self.answer, queries)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def score_batch(self, queries: list[Query]) -> list:
+        self.metrics.counts.batch(len(queries))
         try:
-            declared = int(request.headers.get("content-length") or 0)
-            if declared > self.cfg.max_body_bytes:
-                raise BadRequest(413, f"request body is {declared} bytes; the limit is {self.cfg.max_body_bytes}")
-            events, k = parse_request(await request.body(), self.cfg)
-            items, scores = self.recommender.recommend(events, k)
-        except BadRequest as e:
-            return JSONResponse({"error": str(e)}, status_code=e.status)
-        except ValueError as e:  # an event the workflow cannot read (missing item id, bad time)
-            return JSONResponse({"error": str(e)}, status_code=400)
-        return JSONResponse({"items": items, "scores": scores})
+            return await asyncio.get_running_loop().run_in_executor(self.pool, self.answer, queries)
+        except ClientError:   # one bad session: answer each alone, so only it fails
+            return [await asyncio.get_running_loop().run_in_executor(self.pool, self.answer_or_error, q)
+                    for q in queries]
+
+    def answer(self, queries: list[Query]) -> list:
+        try:
+            return self.recommender.recommend_many(queries)
+        except (ValueError, OverflowError, pa.ArrowException) as e:
+            raise model_error(e) from None
+
+    def answer_or_error(self, query: Query):
+        try:
+            return self.answer([query])[0]
+        except ClientError as e:
+            return e
+
+    def queries(self, sessions: list[Session]) -> list[Query]:
+        cfg = self.cfg
+        for i, s in enumerate(sessions):
+            where = f"sessions[{i}]." if len(sessions) > 1 else ""
+            if len(s.events) > cfg.max_events:
+                raise ClientError(413, f"{len(s.events)} events; the limit is {cfg.max_events}", f"{where}events")
+            if s.k > cfg.max_k:
+                raise ClientError(400, f"k must be at most {cfg.max_k}, got {s.k}", f"{where}k")
+        return [Query(s.events, s.k, s.exclude_seen, s.include, s.exclude) for s in sessions]
+
+    async def answered(self, queries: list[Query]) -> list:
+        try:
+            results = await asyncio.wait_for(self.score(queries), self.cfg.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise ClientError(503, f"no answer within {self.cfg.request_timeout_s} s", None) from None
+        for r in results:
+            if isinstance(r, ClientError):
+                raise r
+        return results
+
+    # --- routes --------------------------------------------------------------------------
+    @api.post("/recommend", response_model=Recommendation)
+    async def recommend(self, body: Session, response: Response):
+        started = time.perf_counter()
+        try:
+            (items, scores), = await self.answered(self.queries([body]))
+        except ClientError as e:
+            return self.refused("/recommend", started, e)
+        return self.done("/recommend", started, response, {"items": items, "scores": scores})
+
+    @api.post("/recommend/batch", response_model=BatchRecommendation)
+    async def recommend_batch(self, body: Batch, response: Response):
+        started = time.perf_counter()
+        try:
+            if len(body.sessions) > self.cfg.max_sessions:
+                raise ClientError(413, f"{len(body.sessions)} sessions; the limit is {self.cfg.max_sessions}",
+                                  "sessions")
+            results = await self.answered(self.queries(body.sessions))
+        except ClientError as e:
+            return self.refused("/recommend/batch", started, e)
+        return self.done("/recommend/batch", started, response,
+                         {"results": [{"items": i, "scores": s} for i, s in results]})
+
+    @api.get("/healthz", response_model=Health)
+    async def healthz(self, response: Response):
+        self.metrics.start()
+        response.headers[VERSION_HEADER] = self.version
+        return {"status": "ok"}
+
+    @api.get("/readyz", response_model=Ready)
+    async def readyz(self, response: Response):
+        self.metrics.start()
+        response.headers[VERSION_HEADER] = self.version
+        return {"status": "ready", "version": self.version, "items": self.recommender.catalogue_size}
+
+    @api.get("/metrics", response_class=PlainTextResponse)
+    async def metrics_text(self, request: Request):
+        return PlainTextResponse(await self.metrics.text(), headers={VERSION_HEADER: self.version},
+                                 media_type="text/plain; version=0.0.4")
+
+    def done(self, route: str, started: float, response: Response, body: dict) -> dict:
+        self.metrics.start()
+        self.metrics.counts.request(route, 200, time.perf_counter() - started)
+        response.headers[VERSION_HEADER] = self.version
+        return body
+
+    def refused(self, route: str, started: float, e: ClientError):
+        self.metrics.start()
+        self.metrics.counts.request(route, e.status, time.perf_counter() - started)
+        headers = {VERSION_HEADER: self.version}
+        if e.status == 503:
+            headers["Retry-After"] = str(self.cfg.retry_after_s)
+        return error(e.status, str(e), e.field, headers)
+
+    def check_health(self):
+        """Ray Serve's replica health check: the model answers one session."""
+        if self.recommender is None:
+            raise RuntimeError("no model loaded")
+
+
+def endpoint(run_dir: str, cfg: ServeConfig):
+    """The bound application for a run and a config."""
+    run_dir = run_dir if is_uri(run_dir) else os.path.abspath(run_dir)
+    return Endpoint.options(**cfg.deployment_options()).bind(run_dir, cfg.to_json())
 
 
 def start(run_dir: str, cfg: ServeConfig, address: str | None = None, blocking: bool = False):
     """Deploy the endpoint on Ray Serve; returns once it is healthy (unless blocking)."""
     from rayrec.raylocal import init_ray
 
-    run_dir = run_dir if is_uri(run_dir) else os.path.abspath(run_dir)
     Recommender(run_dir)  # fail here, with the real error, rather than inside a replica
     init_ray(address)
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(RecommendEndpoint.bind(run_dir, cfg), name="rayrec", route_prefix="/", blocking=blocking)
+    serve.start(http_options={"host": cfg.host, "port": cfg.port,
+                              "request_timeout_s": cfg.request_timeout_s + 5})   # ours answers first
+    serve.run(endpoint(run_dir, cfg), name=APP, route_prefix="/", blocking=blocking)
 
 
 def stop() -> None:
+    import ray
+
+    try:
+        ray.kill(ray.get_actor(f"rayrec-metrics-{APP}", namespace="rayrec"))
+    except ValueError:
+        pass
     serve.shutdown()
 
 
@@ -112,4 +216,7 @@ def build(args: dict):
     run = args.pop("run", None)
     if not run:
         raise ValueError("serve app args: `run` (the run directory or its URI) is required")
-    return RecommendEndpoint.bind(run if is_uri(run) else os.path.abspath(run), from_dict(ServeConfig, args, "serve app args"))
+    return endpoint(run, from_dict(ServeConfig, args, "serve app args"))
+
+
+__all__ = ["APP", "ServeConfig", "build", "endpoint", "start", "stop"]

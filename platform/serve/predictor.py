@@ -51,9 +51,16 @@ class Recommender:
         self.encoder = self.workflow.categorify_for(self.vocab)
         self.model = load_model(os.path.join(run_dir, "checkpoint"))
         self.scorer: Scorer = TorchScorer(self.model)
+        self.version = model_version(run_dir)
         if self.model.n_items != self.encoder.cardinality(self.vocab):
             raise ValueError(f"{run_dir}: the model has {self.model.n_items} item rows but the workflow "
                              f"encodes {self.encoder.cardinality(self.vocab)}; they come from different datasets")
+
+    def to(self, device: str) -> "Recommender":
+        """Score on `device` (cuda on a GPU replica); batches and answers cross over here."""
+        self.model.to(device)
+        self.scorer = TorchScorer(self.model, device=device)
+        return self
 
     @property
     def catalogue_size(self) -> int:
@@ -155,3 +162,25 @@ class Query:
     exclude_seen: bool = False     # never recommend an item already in the session
     include: list | None = None    # only these raw item ids may be recommended
     exclude: list | None = None    # these raw item ids are never recommended
+
+
+def model_version(run_dir: str) -> str:
+    """`RUN:days A-B:DIGEST`: the run's name, the days its model last trained on, and the
+    start of the weights' SHA-256, so two runs of one name never share a version."""
+    import hashlib
+    import json
+
+    ckpt = os.path.join(run_dir, "checkpoint")
+    days = ""
+    try:
+        with open(os.path.join(ckpt, "progress.json")) as f:
+            history = json.load(f).get("history") or []
+        window = history[-1].get("window") if history else None
+        days = f"days {window[0]}-{window[-1]}" if window else ""
+    except (OSError, ValueError, AttributeError, IndexError, TypeError):
+        pass
+    digest = hashlib.sha256()
+    with open(os.path.join(ckpt, "model.safetensors"), "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return ":".join(p for p in (os.path.basename(os.path.normpath(run_dir)), days, digest.hexdigest()[:12]) if p)

@@ -27,12 +27,20 @@ class TorchScorer:
     """The model in eager torch. The catalogue is scored in chunks: memory per batch is
     [N, chunk], whatever the catalogue's size."""
 
-    def __init__(self, model, chunk: int = 65536):
-        self.model, self.chunk = model.eval(), chunk
+    def __init__(self, model, chunk: int = 65536, device: str = "cpu"):
+        self.model, self.chunk, self.device = model.eval(), chunk, torch.device(device)
 
     @torch.no_grad()
     def topk(self, batch, k, banned=None, allowed=None):
-        m = self.model
+        if self.device.type != "cpu":
+            codes, scores = self.topk_on_device(batch, k, banned, allowed)
+            return codes.cpu(), scores.cpu()
+        return self.topk_on_device(batch, k, banned, allowed)
+
+    def topk_on_device(self, batch, k, banned, allowed):
+        m, to = self.model, (lambda t: None if t is None else t.to(self.device, non_blocking=True))
+        batch = {name: to(t) for name, t in batch.items()}
+        banned, allowed = to(banned), allowed and [to(a) for a in allowed]
         hidden = m.next_item_hidden(m.prepare(batch))
         scores, codes = m.next_item.topk(hidden, k, banned, self.chunk)
         if scores.shape[1] < k:   # a catalogue smaller than k

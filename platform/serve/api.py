@@ -1,0 +1,195 @@
+"""The HTTP contract: pydantic models of requests and answers, and the one error shape.
+
+Every client error is `{"error": message, "field": where}` with a 4xx status, whatever
+went wrong: a body that is not JSON, one nested past the parser's depth, a wrong type, a
+number the model cannot take, an id list too long. The models are strict: an event's
+values are scalars (no arrays, no objects), floats are finite, and unknown request fields
+are errors, so a typo is never silently ignored.
+"""
+from __future__ import annotations
+
+import math
+from typing import Union
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator
+
+Scalar = Union[StrictInt, StrictFloat, StrictStr, StrictBool, None]
+ItemId = Union[StrictInt, StrictStr]
+VERSION_HEADER = "X-Model-Version"
+
+
+class Session(BaseModel):
+    """One session to answer."""
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[dict[str, Scalar]] = Field(min_length=1, description="the session's raw events, oldest first: "
+                                            "each names the item id, and the time and side features the "
+                                            "workflow reads")
+    k: StrictInt = Field(10, ge=1, description="how many items to recommend")
+    exclude_seen: StrictBool = Field(False, description="never recommend an item already in the session")
+    include: list[ItemId] | None = Field(None, description="only these item ids may be recommended")
+    exclude: list[ItemId] | None = Field(None, description="these item ids are never recommended")
+
+    @field_validator("events")
+    @classmethod
+    def finite(cls, events):
+        for i, event in enumerate(events):
+            for key, value in event.items():
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ValueError(f"events[{i}].{key}: {value} is not a finite number")
+        return events
+
+
+class Batch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sessions: list[Session] = Field(min_length=1, description="sessions answered together, in order")
+
+
+class Recommendation(BaseModel):
+    items: list[ItemId] = Field(description="raw item ids, best first")
+    scores: list[float] = Field(description="the model's score of each item")
+
+
+class BatchRecommendation(BaseModel):
+    results: list[Recommendation]
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    status: str
+    version: str = Field(description="the model's version: its run, the days it last trained on, and a digest")
+    items: int = Field(description="items in the model's catalogue")
+
+
+class ErrorBody(BaseModel):
+    error: str
+    field: str | None = None
+
+
+class ClientError(Exception):
+    """A request the endpoint refuses: its status, message and the field at fault."""
+
+    def __init__(self, status: int, message: str, field: str | None = None):
+        super().__init__(message)
+        self.status, self.field = status, field
+
+
+# set by the replica once its model is loaded: errors raised before a route runs (FastAPI's
+# validation, the body limit) carry the version and are counted too
+HOOKS: dict = {"version": "", "count": None}
+
+
+def error(status: int, message: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
+    headers = dict(headers or {})
+    if HOOKS["version"]:
+        headers.setdefault(VERSION_HEADER, HOOKS["version"])
+    return JSONResponse({"error": message, "field": field}, status_code=status, headers=headers)
+
+
+def counted(request: Request, response: JSONResponse) -> JSONResponse:
+    if HOOKS["count"] is not None:
+        HOOKS["count"](request.url.path, response.status_code)
+    return response
+
+
+def field_of(loc) -> str | None:
+    """('body', 'sessions', 0, 'events', 3, 'product_id') -> 'sessions[0].events[3].product_id'."""
+    out = ""
+    for part in loc:
+        if part == "body":
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or None
+
+
+UNION_TAGS = {"int", "float", "str", "bool", "none"}
+
+
+async def invalid(request: Request, exc: RequestValidationError):
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    kind, loc = first.get("type", ""), list(first.get("loc", ()))
+    scalar = bool(loc) and loc[-1] in UNION_TAGS     # no member of a union fitted: name the field, not the member
+    while loc and loc[-1] in UNION_TAGS:
+        loc.pop()
+    where = field_of(loc)
+    if kind == "json_invalid":
+        message, where = f"malformed JSON: {first.get('ctx', {}).get('error', first['msg'])}", "body"
+    elif kind == "missing":
+        message = f"missing field {where!r}"
+    elif kind == "extra_forbidden":
+        message = f"unknown field {where!r}"
+    elif scalar:
+        message = f"{where}: expected a number, a string, true/false or null, got {str(first.get('input'))[:80]}"
+    else:
+        message = f"{where}: {first['msg']}" if where else first["msg"]
+    return counted(request, error(400, message, where))
+
+
+async def refused(request: Request, exc: ClientError):
+    return counted(request, error(exc.status, str(exc), exc.field))
+
+
+async def http_error(request: Request, exc: StarletteHTTPException):
+    field = "body" if exc.status_code in (400, 413) else None
+    detail = "the body could not be parsed (not JSON, or nested too deeply)" \
+        if exc.detail == "There was an error parsing the body" else str(exc.detail)
+    return counted(request, error(exc.status_code, detail, field, getattr(exc, "headers", None)))
+
+
+async def too_deep(request: Request, exc: RecursionError):
+    return counted(request, error(400, "the JSON body is nested too deeply", "body"))
+
+
+def new_api() -> FastAPI:
+    """The FastAPI app with its error handlers; the deployment adds the routes. The
+    handlers are module functions, so that the replica runs them against this module's
+    HOOKS (a closure would be copied, with its globals, into the replica)."""
+    api = FastAPI(title="rayrec", description="Next-item recommendations for live sessions.",
+                  responses={400: {"model": ErrorBody}, 413: {"model": ErrorBody}, 503: {"model": ErrorBody}})
+    api.add_exception_handler(RequestValidationError, invalid)
+    api.add_exception_handler(ClientError, refused)
+    api.add_exception_handler(StarletteHTTPException, http_error)
+    api.add_exception_handler(RecursionError, too_deep)
+    api.add_middleware(BodyLimit)
+    return api
+
+
+class BodyLimit:
+    """ASGI middleware: a body over `limit` bytes is a 413, whether its Content-Length says
+    so or it streams past the limit, before any of it is parsed. The limit is set by the
+    replica from its config (`limits`), after the app is built."""
+
+    limits = {"max_body_bytes": 1 << 20}
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.limits["max_body_bytes"]
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            return await error(413, f"request body is {int(declared)} bytes; the limit is {limit}", "body")(
+                scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                from starlette.exceptions import HTTPException
+
+                raise HTTPException(413, f"request body is over the limit of {limit} bytes")
+            return message
+
+        await self.app(scope, counted, send)

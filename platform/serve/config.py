@@ -1,0 +1,75 @@
+"""Serving options (YAML section `serve:`; `rayrec serve` flags override).
+
+One typed config crosses into every replica (as JSON), and the same fields become Ray
+Serve's declarative config (`--emit-config`), so a KubeRay RayService runs what
+`rayrec serve` runs.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"            # bind address of Ray Serve's HTTP proxy
+    port: int = 8000
+    max_events: int = 1000             # events per session; more -> 413
+    max_body_bytes: int = 1 << 20      # request body; larger -> 413
+    max_k: int = 1000                  # largest k a request may ask for
+    max_sessions: int = 256            # sessions in one POST /recommend/batch; more -> 413
+    threads: int = 1                   # torch threads in each replica
+    num_replicas: int = 1              # fixed replicas (unless max_replicas turns autoscaling on)
+    min_replicas: int = 1              # autoscaling: the fewest replicas
+    max_replicas: int | None = None    # autoscaling: the most replicas (None: no autoscaling)
+    target_ongoing_requests: float = 2.0   # autoscaling: requests in flight per replica it aims at
+    max_ongoing_requests: int = 32     # requests one replica holds at once (its batch comes from these)
+    max_queued_requests: int = 100     # requests waiting for a replica; beyond it 503 with Retry-After
+    request_timeout_s: float = 10.0    # an answer not ready by then is a 503
+    batching: bool = True              # sessions from concurrent requests are scored as one batch
+    max_batch_size: int = 32           # sessions per batch
+    batch_wait_timeout_s: float = 0.002    # how long a batch waits to fill once it has one session
+    num_gpus: float = 0.0              # GPUs per replica (the model runs on cuda when > 0)
+    num_cpus: float = 0.0              # CPUs reserved per replica (0: replicas share the node)
+    retry_after_s: int = 1             # the Retry-After of a 503
+
+    def __post_init__(self):
+        positive = {"port": self.port, "max_events": self.max_events, "max_body_bytes": self.max_body_bytes,
+                    "max_k": self.max_k, "max_sessions": self.max_sessions, "threads": self.threads,
+                    "num_replicas": self.num_replicas, "min_replicas": self.min_replicas,
+                    "max_ongoing_requests": self.max_ongoing_requests, "max_batch_size": self.max_batch_size,
+                    "retry_after_s": self.retry_after_s}
+        for name, value in positive.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"serve.{name} must be an integer >= 1; got {value!r}")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"serve.port must lie in 1..65535; got {self.port}")
+        if self.max_replicas is not None and self.max_replicas < self.min_replicas:
+            raise ValueError(f"serve.max_replicas ({self.max_replicas}) must be >= serve.min_replicas "
+                             f"({self.min_replicas})")
+        if self.max_queued_requests < -1 or self.max_queued_requests == 0:
+            raise ValueError("serve.max_queued_requests must be >= 1 (or -1: no limit)")
+        for name in ("request_timeout_s", "target_ongoing_requests"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"serve.{name} must be > 0")
+        if self.batch_wait_timeout_s < 0 or self.num_gpus < 0 or self.num_cpus < 0:
+            raise ValueError("serve.batch_wait_timeout_s, serve.num_gpus and serve.num_cpus must be >= 0")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ServeConfig":
+        return cls(**json.loads(text))
+
+    def deployment_options(self) -> dict:
+        """Ray Serve's deployment options for these settings."""
+        options = {"max_ongoing_requests": self.max_ongoing_requests, "max_queued_requests": self.max_queued_requests,
+                   "backpressure_config": {"status_code": 503, "retry_after_s": self.retry_after_s},
+                   "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}}
+        if self.max_replicas is not None:
+            options["autoscaling_config"] = {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
+                                             "target_ongoing_requests": self.target_ongoing_requests}
+        else:
+            options["num_replicas"] = self.num_replicas
+        return options
