@@ -123,12 +123,30 @@ def cmd_evaluate(a) -> None:
 
 def cmd_serve(a) -> None:
     from rayrec.config_io import from_dict, override
-    from rayrec.serve.app import ServeConfig, start
+    from rayrec.serve.app import ServeConfig, emit_config, remove, start
 
+    if a.stop:
+        remove(a.address)
+        print("rayrec endpoint removed")
+        return
+    if not a.run:
+        raise ValueError("rayrec serve: --run RUN is required (or --stop)")
     cfg = override(from_dict(ServeConfig, _section(a.config, "serve"), f"{a.config}: serve"),
-                   host=a.host, port=a.port, max_events=a.max_events)
-    print(f"serving {a.run} on http://{cfg.host}:{cfg.port} (POST /recommend, GET /healthz); Ctrl-C stops")
-    start(a.run, cfg, address=a.address, blocking=True)
+                   host=a.host, port=a.port, max_events=a.max_events, num_replicas=a.replicas, threads=a.threads,
+                   max_batch_size=a.max_batch_size, batching=False if a.no_batching else None)
+    if a.emit_config:
+        emit_config(a.run, cfg, a.emit_config)
+        print(f"Ray Serve config written to {a.emit_config} (serve deploy {a.emit_config}, or a RayService's "
+              "serveConfigV2)")
+        return
+    routes = "POST /recommend, /recommend/batch; GET /healthz, /readyz, /metrics, /docs"
+    if a.address:
+        start(a.run, cfg, address=a.address)
+        print(f"serving {a.run} on the cluster at {a.address}: http://{cfg.host}:{cfg.port} ({routes}); "
+              "`rayrec serve --stop --address ...` removes it")
+        return
+    print(f"serving {a.run} on http://{cfg.host}:{cfg.port} ({routes}); Ctrl-C stops")
+    start(a.run, cfg, blocking=True)
 
 
 def cmd_run(a) -> int:
@@ -306,13 +324,21 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="also print the result as JSON")
     v.set_defaults(func=cmd_evaluate)
 
-    r = sub.add_parser("serve", help="HTTP endpoint on Ray Serve: POST /recommend, GET /healthz")
-    r.add_argument("--run", required=True)
+    r = sub.add_parser("serve", help="HTTP endpoint on Ray Serve: POST /recommend, /recommend/batch; "
+                       "GET /healthz, /readyz, /metrics")
+    r.add_argument("--run", help="the run directory (or its URI) to serve")
     _add_config(r)
     r.add_argument("--host", help="bind address (default 127.0.0.1)")
     r.add_argument("--port", type=int, help="port (default 8000)")
-    r.add_argument("--max-events", type=int, help="events per request before 413 (default 1000)")
-    r.add_argument("--address", help="Ray cluster to join (default RAY_ADDRESS, else a local cluster)")
+    r.add_argument("--max-events", type=int, help="events per session before 413 (default 1000)")
+    r.add_argument("--replicas", type=int, help="replicas (default 1; serve.max_replicas turns autoscaling on)")
+    r.add_argument("--threads", type=int, help="torch threads per replica (default 1)")
+    r.add_argument("--max-batch-size", type=int, help="sessions scored together (default 32)")
+    r.add_argument("--no-batching", action="store_true", help="score each request alone")
+    r.add_argument("--address", help="deploy onto this running Ray cluster and return (detached)")
+    r.add_argument("--stop", action="store_true", help="remove the endpoint from the cluster (--address or RAY_ADDRESS)")
+    r.add_argument("--emit-config", metavar="FILE",
+                   help="write Ray Serve's declarative config (serve deploy, KubeRay RayService) and exit")
     r.set_defaults(func=cmd_serve)
 
     pl = sub.add_parser("run", help="run a pipeline YAML's stages in this process (finished stages are skipped)")

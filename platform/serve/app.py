@@ -198,13 +198,49 @@ def start(run_dir: str, cfg: ServeConfig, address: str | None = None, blocking: 
 
 
 def stop() -> None:
+    """Remove the endpoint and Serve from the cluster this process started or joined."""
+    kill_metrics()
+    serve.shutdown()
+
+
+def remove(address: str | None) -> None:
+    """`rayrec serve --stop`: delete the app from a running cluster (Serve stays up)."""
+    from rayrec.raylocal import init_ray
+
+    init_ray(address or os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False)
+    serve.delete(APP)
+    kill_metrics()
+
+
+def kill_metrics() -> None:
     import ray
 
     try:
         ray.kill(ray.get_actor(f"rayrec-metrics-{APP}", namespace="rayrec"))
     except ValueError:
         pass
-    serve.shutdown()
+
+
+def serve_config(run_dir: str, cfg: ServeConfig) -> dict:
+    """Ray Serve's declarative config of this endpoint: `serve deploy` and a KubeRay
+    RayService's serveConfigV2 read it, and `build` below makes the app from its args."""
+    from dataclasses import asdict
+
+    run_dir = run_dir if is_uri(run_dir) else os.path.abspath(run_dir)
+    return {"proxy_location": "EveryNode",
+            "http_options": {"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s + 5},
+            "applications": [{"name": APP, "route_prefix": "/", "import_path": "rayrec.serve.app:build",
+                              "args": {"run": run_dir, **asdict(cfg)},
+                              "deployments": [{"name": "Endpoint", **cfg.deployment_options()}]}]}
+
+
+def emit_config(run_dir: str, cfg: ServeConfig, path: str) -> None:
+    import yaml
+
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        yaml.safe_dump(serve_config(run_dir, cfg), f, sort_keys=False)
+    os.replace(tmp, path)
 
 
 def build(args: dict):
@@ -219,4 +255,4 @@ def build(args: dict):
     return endpoint(run, from_dict(ServeConfig, args, "serve app args"))
 
 
-__all__ = ["APP", "ServeConfig", "build", "endpoint", "start", "stop"]
+__all__ = ["APP", "ServeConfig", "build", "emit_config", "endpoint", "remove", "serve_config", "start", "stop"]
