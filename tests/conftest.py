@@ -30,6 +30,27 @@ def etl_dir(synth_dir, tmp_path_factory):
     return str(out)
 
 
+@pytest.fixture(scope="session")
+def served_run(etl_dir, synth_dir, tmp_path_factory):
+    """A small trained run, and raw sessions of its data as a client sends them (the item
+    and time of each event): 100 sessions of at least 2 events."""
+    import pyarrow.parquet as pq
+
+    from rayrec.models.config import ModelConfig
+    from rayrec.train.config import TrainConfig
+    from rayrec.train.trainer import run_training
+
+    run = str(tmp_path_factory.mktemp("served") / "run")
+    run_training(etl_dir, run, ModelConfig(d_model=32, n_head=2, n_layer=1, max_len=8),
+                 TrainConfig(workers=0, epochs=1, train_days="1:1"), quiet=True)
+    events = pq.read_table(os.path.join(synth_dir, "events.parquet"),
+                           columns=["user_session", "product_id", "event_time"]).slice(0, 8000).to_pylist()
+    sessions = {}
+    for e in events:
+        sessions.setdefault(e["user_session"], []).append({"product_id": e["product_id"], "event_time": e["event_time"]})
+    return run, [s for s in sessions.values() if len(s) >= 2][:100]
+
+
 def etl(inputs, out, cfg=None, workflow=None, **kw):
     """run_etl with the default workflow for `cfg`, quietly."""
     cfg = cfg or EtlConfig()

@@ -1,30 +1,16 @@
 """The predictor's three parts on a real trained run: encode many sessions, score them as
 one batch, decode O(k); and the per-request business rules (include, exclude)."""
-import os
-
-import pyarrow.parquet as pq
 import pytest
 import torch
 
-from rayrec.models.config import ModelConfig
 from rayrec.serve.predictor import Query, Recommender
-from rayrec.train.config import TrainConfig
-from rayrec.train.trainer import run_training
 
 
 @pytest.fixture(scope="module")
-def trained(etl_dir, synth_dir, tmp_path_factory):
-    run = str(tmp_path_factory.mktemp("predictor") / "run")
-    run_training(etl_dir, run, ModelConfig(d_model=32, n_head=2, n_layer=1, max_len=8),
-                 TrainConfig(workers=0, epochs=1, train_days="1:1"), quiet=True)
-    events = pq.read_table(os.path.join(synth_dir, "events.parquet"),
-                           columns=["user_session", "product_id", "event_time"]).slice(0, 6000).to_pylist()
-    sessions = {}
-    for e in events:
-        sessions.setdefault(e["user_session"], []).append({"product_id": e["product_id"],
-                                                           "event_time": e["event_time"]})
-    long = [e for s in sessions.values() for e in s][:30]     # longer than max_len
-    return Recommender(run), [s for s in sessions.values() if len(s) >= 2][:60] + [long]
+def trained(served_run):
+    run, sessions = served_run
+    long = [e for s in sessions for e in s][:30]     # longer than max_len
+    return Recommender(run), sessions[:60] + [long]
 
 
 def one_at_a_time(rec, events, k):

@@ -2,20 +2,15 @@
 concurrent requests exactly as the in-process predictor does, every error is a 4xx of one
 shape, overload is a 503 with Retry-After, and /metrics counts what was sent."""
 import json
-import os
 import threading
 import time
 import urllib.error
 import urllib.request
 
-import pyarrow.parquet as pq
 import pytest
 
-from rayrec.models.config import ModelConfig
 from rayrec.quickstart import free_port
 from rayrec.serve.predictor import Recommender
-from rayrec.train.config import TrainConfig
-from rayrec.train.trainer import run_training
 
 
 def call(url, body=None, raw=None, timeout=60):
@@ -35,24 +30,17 @@ def call(url, body=None, raw=None, timeout=60):
 
 
 @pytest.fixture(scope="module")
-def endpoint(etl_dir, synth_dir, tmp_path_factory):
+def endpoint(served_run):
     import ray
 
     from rayrec.serve.app import ServeConfig, start, stop
 
-    run = str(tmp_path_factory.mktemp("serve") / "run")
-    run_training(etl_dir, run, ModelConfig(d_model=32, n_head=2, n_layer=1, max_len=8),
-                 TrainConfig(workers=0, epochs=1, train_days="1:1"), quiet=True)
-    events = pq.read_table(os.path.join(synth_dir, "events.parquet"),
-                           columns=["user_session", "product_id", "event_time"]).slice(0, 8000).to_pylist()
-    sessions = {}
-    for e in events:
-        sessions.setdefault(e["user_session"], []).append({"product_id": e["product_id"], "event_time": e["event_time"]})
+    run, sessions = served_run
     port = free_port()
     ray.shutdown()       # a cluster left by an earlier test module
     start(run, ServeConfig(port=port, num_replicas=2, max_batch_size=16, batch_wait_timeout_s=0.005,
                            max_events=50, max_sessions=20))
-    yield f"http://127.0.0.1:{port}", Recommender(run), [s for s in sessions.values() if len(s) >= 2][:100], run
+    yield f"http://127.0.0.1:{port}", Recommender(run), sessions, run
     stop()
     ray.shutdown()
 
@@ -123,6 +111,7 @@ def test_too_many_sessions_in_a_batch_is_a_413(endpoint):
 
 def test_metrics_count_the_requests_sent(endpoint):
     base = endpoint[0]
+    time.sleep(1.5)   # the earlier tests' counts have reached the store from every replica
     before = requests_counted(base)
     for _ in range(7):
         call(base + "/recommend", {"events": endpoint[2][1], "k": 2})

@@ -164,8 +164,9 @@ def new_api() -> FastAPI:
 
 class BodyLimit:
     """ASGI middleware: a body over `limit` bytes is a 413, whether its Content-Length says
-    so or it streams past the limit, before any of it is parsed. The limit is set by the
-    replica from its config (`limits`), after the app is built."""
+    so or it streams past the limit, before any of it is parsed; and a POST body is read as
+    JSON whatever its Content-Type. The limit is set by the replica from its config
+    (`limits`), after the app is built."""
 
     limits = {"max_body_bytes": 1 << 20}
 
@@ -176,7 +177,12 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         limit = self.limits["max_body_bytes"]
-        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length", b"")
+        if scope.get("method") == "POST" and b"json" not in headers.get(b"content-type", b""):
+            # a body is JSON whatever its Content-Type says (`curl -d` sends a form type)
+            scope = dict(scope, headers=[(k, v) for k, v in scope["headers"] if k != b"content-type"]
+                         + [(b"content-type", b"application/json")])
         if declared.isdigit() and int(declared) > limit:
             return await error(413, f"request body is {int(declared)} bytes; the limit is {limit}", "body")(
                 scope, receive, send)
