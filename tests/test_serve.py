@@ -2,6 +2,7 @@
 concurrent requests exactly as the in-process predictor does, every error is a 4xx of one
 shape, overload is a 503 with Retry-After, and /metrics counts what was sent."""
 import json
+import os
 import threading
 import time
 import urllib.error
@@ -165,3 +166,101 @@ def test_overload_is_a_503_with_retry_after_and_the_endpoint_recovers(endpoint):
 
         serve.run(app_of(run, Cfg(num_replicas=2, max_batch_size=16, max_events=50, max_sessions=20)),
                   name=APP, route_prefix="/")
+
+
+@pytest.fixture(scope="module")
+def other_runs(etl_dir, synth_dir, tmp_path_factory):
+    """A newer run of the same data (other answers), and one whose workflow reads other
+    event fields (items by category), which may not replace it."""
+    from conftest import etl
+    from rayrec.etl import EtlConfig
+    from rayrec.models.config import ModelConfig
+    from rayrec.train.config import TrainConfig
+    from rayrec.train.trainer import run_training
+
+    root = tmp_path_factory.mktemp("refresh")
+    model = ModelConfig(d_model=32, n_head=2, n_layer=1, max_len=8)
+    newer = str(root / "newer")
+    run_training(etl_dir, newer, model, TrainConfig(workers=0, epochs=2, train_days="1:2", seed=7), quiet=True)
+    by_category = root / "by-category-data"
+    etl([os.path.join(synth_dir, "events.parquet")], by_category, EtlConfig(item_col="category_id"))
+    misfit = str(root / "misfit")
+    run_training(str(by_category), misfit, model, TrainConfig(workers=0, epochs=1, train_days="1:1"), quiet=True)
+    return newer, misfit
+
+
+def send_until(base, sessions, stop, out):
+    i = 0
+    while not stop.is_set():
+        s = sessions[i % len(sessions)]
+        status, headers, body = call(base + "/recommend", {"events": s, "k": 5})
+        out.append((status, headers.get("x-model-version"), body.get("items"), i % len(sessions)))
+        i += 1
+
+
+def check_answers(answers, by_version, sessions):
+    assert answers and all(a[0] == 200 for a in answers), [a for a in answers if a[0] != 200][:3]
+    for _, version, items, i in answers:
+        assert items == by_version[version].recommend(sessions[i], 5)[0]    # the header names its model
+
+
+def test_a_new_run_replaces_the_model_with_no_failed_request_and_a_misfit_is_refused(endpoint, other_runs):
+    from rayrec.serve.app import ServeConfig, start
+
+    base, old, sessions, _ = endpoint
+    newer, misfit = other_runs
+    new = Recommender(newer)
+    stop, answers = threading.Event(), []
+    client = threading.Thread(target=send_until, args=(base, sessions, stop, answers))
+    client.start()
+    try:
+        time.sleep(1.0)
+        start(newer, ServeConfig(port=int(base.rsplit(":", 1)[1]), num_replicas=2, max_batch_size=16,
+                                 max_events=50, max_sessions=20))     # Serve's rolling update
+        time.sleep(2.0)
+    finally:
+        stop.set()
+        client.join()
+    check_answers(answers, {old.version: old, new.version: new}, sessions)
+    versions = [a[1] for a in answers]
+    assert versions[0] == old.version and versions[-1] == new.version
+    assert versions.index(new.version) > 0 and old.version not in versions[versions.index(new.version) + 20:]
+    with pytest.raises(ValueError, match="event fields"):
+        start(misfit, ServeConfig(port=int(base.rsplit(":", 1)[1])))
+    assert call(base + "/readyz")[2]["version"] == new.version                # still serving
+
+
+def test_serve_watch_takes_the_newest_published_run_and_refuses_a_misfit(endpoint, other_runs, tmp_path):
+    import shutil
+
+    from ray import serve
+
+    from rayrec.serve.app import APP, ServeConfig, endpoint as app_of
+
+    base, _, sessions, run = endpoint
+    newer, misfit = other_runs
+    watched = tmp_path / "published"
+    watched.mkdir()
+    serve.run(app_of(newer, ServeConfig(num_replicas=2, max_events=50, max_sessions=20, watch=str(watched),
+                                        watch_interval_s=0.3)), name=APP, route_prefix="/")
+    served = Recommender(newer)
+    stop, answers = threading.Event(), []
+    client = threading.Thread(target=send_until, args=(base, sessions, stop, answers))
+    client.start()
+    try:
+        time.sleep(1.0)
+        shutil.copytree(run, watched / ".day-9.tmp")          # published as a run is: written, then renamed
+        os.rename(watched / ".day-9.tmp", watched / "day-9")
+        first = Recommender(str(watched / "day-9"))          # its version names the published directory
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not answers or answers[-1][1] != first.version):
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        client.join()
+    check_answers(answers, {served.version: served, first.version: first}, sessions)
+    assert answers[0][1] == served.version and answers[-1][1] == first.version
+    shutil.copytree(misfit, watched / "day-10")
+    time.sleep(1.5)
+    assert call(base + "/readyz")[2]["version"] == first.version             # the misfit was refused

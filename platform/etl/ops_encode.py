@@ -102,6 +102,10 @@ class Categorify(Op):
         # O(len(codes)): only the asked-for rows are taken from the vocabulary
         return [v if ok else None for v, ok in zip(values, inside.tolist())]
 
+    def value_type(self, vocab: str) -> str:
+        """The type of the raw values of a vocabulary (int64, string...)."""
+        return str(self._state[vocab].schema.field("value").type)
+
     def cardinality(self, vocab: str) -> int:
         """Embedding rows needed: padding, the specials and every known value."""
         return self.start_index + 2 + self._state[vocab].num_rows

@@ -15,6 +15,7 @@ thread beside the event loop: health checks and request parsing never wait for a
 # no `from __future__ import annotations`: FastAPI reads the route annotations as types
 import asyncio
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,7 +27,7 @@ from ray import serve
 from rayrec.serve.api import (VERSION_HEADER, Batch, BatchRecommendation, BodyLimit, ClientError, Health, Ready,
                               Recommendation, Session, error, new_api)
 from rayrec.serve.config import ServeConfig
-from rayrec.serve.predictor import Query, Recommender
+from rayrec.serve.predictor import Query, Recommender, check_replaces, newest_run
 from rayrec.storage import is_uri
 
 APP = "rayrec"
@@ -54,30 +55,64 @@ class Endpoint:
         self.cfg = cfg = ServeConfig.from_json(cfg_json)
         torch.set_num_threads(cfg.threads)
         BodyLimit.limits["max_body_bytes"] = cfg.max_body_bytes
-        self.recommender = Recommender(run_dir)
-        if cfg.num_gpus > 0 and torch.cuda.is_available():
-            self.recommender.to("cuda")
-        self.version = self.recommender.version
+        self.device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        self.recommender = Recommender(run_dir).to(self.device)
+        self.run_dir = run_dir
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="rayrec-score")   # torch work, off the event loop
         self.score_batch.set_max_batch_size(cfg.max_batch_size)
         self.score_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
         app = serve.get_replica_context().app_name
         store = ray.remote(MetricsStore).options(name=f"rayrec-metrics-{app}", namespace="rayrec",
                                                  get_if_exists=True, lifetime="detached", num_cpus=0)
-        self.metrics = ReplicaMetrics(store.remote(), self.version)
+        self.store = store.remote()
+        self.store.serving.remote(run_dir, self.version)
+        self.metrics = ReplicaMetrics(self.store, self.version)
         # the module itself, not the names imported above: Serve copies this class, with
         # the plain values its methods refer to, into the replica
         from rayrec.serve import api as api_module
 
-        api_module.HOOKS["version"] = self.version
-        api_module.HOOKS["count"] = lambda route, status: self.metrics.counts.request(route, status, 0.0)
+        self.hooks = api_module.HOOKS
+        self.hooks["version"] = self.version
+        self.hooks["count"] = lambda route, status: self.metrics.counts.request(route, status, 0.0)
+        if cfg.watch:
+            threading.Thread(target=self.watch, args=(cfg.watch, cfg.watch_interval_s), daemon=True,
+                             name="rayrec-watch").start()
+
+    @property
+    def version(self) -> str:
+        return self.recommender.version
+
+    # --- refresh -------------------------------------------------------------------------
+    def watch(self, directory: str, interval: float) -> None:
+        """`serve.watch`: take the newest complete run published in `directory`. The new
+        model is loaded beside the old one, which serves until the swap; a batch already
+        scoring finishes on the model it started with. A run that does not fit (other event
+        fields, ids of another type) is refused, and the old model keeps serving."""
+        import logging
+
+        log, refused = logging.getLogger("ray.serve"), set()
+        while True:
+            newest = newest_run(directory)
+            if newest and os.path.abspath(newest) != os.path.abspath(self.run_dir) and newest not in refused:
+                try:
+                    new = Recommender(newest).to(self.device)
+                    check_replaces(self.recommender, new)
+                except (ValueError, OSError, KeyError) as e:
+                    log.warning("rayrec: %s refused, still serving %s: %s", newest, self.version, e)
+                    refused.add(newest)
+                else:
+                    self.recommender, self.run_dir = new, newest       # one reference: the swap is atomic
+                    self.hooks["version"] = self.metrics.version = new.version
+                    self.store.serving.remote(newest, new.version)
+            time.sleep(interval)
 
     # --- scoring -------------------------------------------------------------------------
-    async def score(self, queries: list[Query]) -> list[tuple[list, list[float]]]:
-        loop = asyncio.get_running_loop()
-        if self.cfg.batching:
-            return await asyncio.gather(*(self.score_batch(q) for q in queries))
-        return await loop.run_in_executor(self.pool, self.answer, queries)
+    async def score(self, queries: list[Query]) -> list[tuple[list, list[float], str]]:
+        """One session joins the replica's batches; a request of many is scored as its own
+        batch (so all its answers come from one model)."""
+        if self.cfg.batching and len(queries) == 1:
+            return [await self.score_batch(queries[0])]
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self.answer, queries)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def score_batch(self, queries: list[Query]) -> list:
@@ -89,8 +124,10 @@ class Endpoint:
                     for q in queries]
 
     def answer(self, queries: list[Query]) -> list:
+        """(items, scores, version) per query, all from the model served when it began."""
+        rec = self.recommender
         try:
-            return self.recommender.recommend_many(queries)
+            return [(items, scores, rec.version) for items, scores in rec.recommend_many(queries)]
         except (ValueError, OverflowError, pa.ArrowException) as e:
             raise model_error(e) from None
 
@@ -125,10 +162,10 @@ class Endpoint:
     async def recommend(self, body: Session, response: Response):
         started = time.perf_counter()
         try:
-            (items, scores), = await self.answered(self.queries([body]))
+            (items, scores, version), = await self.answered(self.queries([body]))
         except ClientError as e:
             return self.refused("/recommend", started, e)
-        return self.done("/recommend", started, response, {"items": items, "scores": scores})
+        return self.done("/recommend", started, response, {"items": items, "scores": scores}, version)
 
     @api.post("/recommend/batch", response_model=BatchRecommendation)
     async def recommend_batch(self, body: Batch, response: Response):
@@ -141,7 +178,7 @@ class Endpoint:
         except ClientError as e:
             return self.refused("/recommend/batch", started, e)
         return self.done("/recommend/batch", started, response,
-                         {"results": [{"items": i, "scores": s} for i, s in results]})
+                         {"results": [{"items": i, "scores": s} for i, s, _ in results]}, results[0][2])
 
     @api.get("/healthz", response_model=Health)
     async def healthz(self, response: Response):
@@ -160,10 +197,10 @@ class Endpoint:
         return PlainTextResponse(await self.metrics.text(), headers={VERSION_HEADER: self.version},
                                  media_type="text/plain; version=0.0.4")
 
-    def done(self, route: str, started: float, response: Response, body: dict) -> dict:
+    def done(self, route: str, started: float, response: Response, body: dict, version: str) -> dict:
         self.metrics.start()
         self.metrics.counts.request(route, 200, time.perf_counter() - started)
-        response.headers[VERSION_HEADER] = self.version
+        response.headers[VERSION_HEADER] = version        # the model that made this answer
         return body
 
     def refused(self, route: str, started: float, e: ClientError):
@@ -190,11 +227,25 @@ def start(run_dir: str, cfg: ServeConfig, address: str | None = None, blocking: 
     """Deploy the endpoint on Ray Serve; returns once it is healthy (unless blocking)."""
     from rayrec.raylocal import init_ray
 
-    Recommender(run_dir)  # fail here, with the real error, rather than inside a replica
+    new = Recommender(run_dir)  # fail here, with the real error, rather than inside a replica
     init_ray(address)
+    served = served_run()
+    if served and served != (run_dir if is_uri(run_dir) else os.path.abspath(run_dir)):
+        # a refresh of a running app: Serve's rolling update, if the new run fits
+        check_replaces(Recommender(served), new)
     serve.start(http_options={"host": cfg.host, "port": cfg.port,
                               "request_timeout_s": cfg.request_timeout_s + 5})   # ours answers first
     serve.run(endpoint(run_dir, cfg), name=APP, route_prefix="/", blocking=blocking)
+
+
+def served_run() -> str | None:
+    """The run the running app (if any) serves, as its replicas last reported."""
+    import ray
+
+    try:
+        return ray.get(ray.get_actor(f"rayrec-metrics-{APP}", namespace="rayrec").served.remote(), timeout=30) or None
+    except (ValueError, ray.exceptions.GetTimeoutError):
+        return None
 
 
 def stop() -> None:

@@ -32,6 +32,8 @@ class ServeConfig:
     num_gpus: float = 0.0              # GPUs per replica (the model runs on cuda when > 0)
     num_cpus: float = 0.0              # CPUs reserved per replica (0: replicas share the node)
     retry_after_s: int = 1             # the Retry-After of a 503
+    watch: str | None = None           # a directory of published runs: each replica takes the newest one
+    watch_interval_s: float = 5.0      # how often `watch` is looked at
 
     def __post_init__(self):
         positive = {"port": self.port, "max_events": self.max_events, "max_body_bytes": self.max_body_bytes,
@@ -49,7 +51,7 @@ class ServeConfig:
                              f"({self.min_replicas})")
         if self.max_queued_requests < -1 or self.max_queued_requests == 0:
             raise ValueError("serve.max_queued_requests must be >= 1 (or -1: no limit)")
-        for name in ("request_timeout_s", "target_ongoing_requests"):
+        for name in ("request_timeout_s", "target_ongoing_requests", "watch_interval_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"serve.{name} must be > 0")
         if self.batch_wait_timeout_s < 0 or self.num_gpus < 0 or self.num_cpus < 0:

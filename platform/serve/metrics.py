@@ -61,6 +61,14 @@ class MetricsStore:
     def __init__(self):
         self.counts = Counts()
         self.version = ""
+        self.run = ""
+
+    def serving(self, run: str, version: str) -> None:
+        """The run a replica loaded last: what a refresh is checked against."""
+        self.run, self.version = run, version
+
+    def served(self) -> str:
+        return self.run
 
     def add(self, delta: dict, version: str) -> None:
         for route, status, n in delta["requests"]:

@@ -164,6 +164,36 @@ class Query:
     exclude: list | None = None    # these raw item ids are never recommended
 
 
+def check_replaces(old: Recommender, new: Recommender) -> None:
+    """A new run may replace the served one only if clients can keep sending what they
+    send: the same raw event fields, the same item column, ids of the same type."""
+    if new.workflow.raw_columns() != old.workflow.raw_columns():
+        raise ValueError(f"the new run reads event fields {new.workflow.raw_columns()}, the served one "
+                         f"{old.workflow.raw_columns()}: clients would break")
+    if new.item_col != old.item_col:
+        raise ValueError(f"the new run's item column is {new.item_col!r}, the served one's {old.item_col!r}")
+    new_type, old_type = new.encoder.value_type(new.vocab), old.encoder.value_type(old.vocab)
+    if new_type != old_type:
+        raise ValueError(f"the new run's item ids are {new_type}, the served one's {old_type}")
+
+
+def newest_run(directory: str) -> str | None:
+    """The newest complete run published in `directory`: a run directory (its metrics.json
+    is written last) with the latest metrics.json."""
+    found = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return None
+    for name in names:
+        if name.startswith("."):      # a run still being written (published by a rename)
+            continue
+        metrics = os.path.join(directory, name, "metrics.json")
+        if os.path.isfile(metrics) and os.path.isfile(os.path.join(directory, name, "checkpoint", "model.safetensors")):
+            found.append((os.path.getmtime(metrics), name))
+    return os.path.join(directory, max(found)[1]) if found else None
+
+
 def model_version(run_dir: str) -> str:
     """`RUN:days A-B:DIGEST`: the run's name, the days its model last trained on, and the
     start of the weights' SHA-256, so two runs of one name never share a version."""
