@@ -9,6 +9,8 @@ import urllib.error
 import urllib.request
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rayrec.quickstart import free_port
 from rayrec.serve.predictor import Recommender
@@ -135,6 +137,62 @@ def requests_counted(base):
             d = dict(part.split("=") for part in labels.split(","))
             out[(d["route"].strip('"'), d["status"].strip('"'))] = int(value)
     return out
+
+
+# --- hostile input: property-based, from the request schema ------------------------------
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10 ** 30), 10 ** 30) | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12)
+FIELDS = ["events", "k", "exclude_seen", "include", "exclude", "sessions", "extra"]
+
+
+def hostile_bodies(sessions):
+    """Arbitrary JSON; a real session with one field (or one event's field) replaced by junk;
+    a real session nested deep; raw bytes."""
+    real = st.sampled_from(sessions[:20])
+    replace_field = st.builds(lambda s, f, v: {"events": s, "k": 5, f: v}, real, st.sampled_from(FIELDS), JSON)
+    replace_event = st.builds(lambda s, i, key, v: {"events": [dict(e, **({key: v} if j == i % len(s) else {}))
+                                                               for j, e in enumerate(s)]},
+                              real, st.integers(0, 50), st.sampled_from(["product_id", "event_time", "price"]), JSON)
+    nested = st.integers(2, 5000).map(lambda n: b'{"events": ' + b"[" * n + b"]" * n + b"}")
+    as_json = (JSON | replace_field | replace_event).map(lambda v: json.dumps(v).encode())
+    return as_json | nested | st.binary(max_size=200)
+
+
+def test_fuzzed_bodies_get_a_4xx_naming_the_field_never_a_5xx(endpoint):
+    base, rec, sessions, _ = endpoint
+    seen = []
+
+    @settings(max_examples=250, deadline=None, derandomize=True, database=None)
+    @given(body=hostile_bodies(sessions), route=st.sampled_from(["/recommend", "/recommend/batch"]))
+    def one(body, route):
+        status, _, answer = call(base + route, raw=body)
+        seen.append(status)
+        assert status < 500, (body[:200], answer)
+        if status >= 400:
+            assert answer["error"] and answer["field"], (body[:200], answer)
+
+    one()
+    assert seen.count(200) + sum(400 <= s < 500 for s in seen) == len(seen) and any(s == 400 for s in seen)
+    assert call(base + "/recommend", {"events": sessions[3], "k": 6})[2]["items"] == rec.recommend(sessions[3], 6)[0]
+
+
+@pytest.mark.parametrize("events, status, field", [
+    ([{"product_id": 10 ** 12, "event_time": "2019-10-03 10:00:00 UTC"}], 200, None),      # an unknown id
+    ([{"product_id": 5, "event_time": "yesterday"}], 400, "events"),                         # a time that cannot be parsed
+    ([{"product_id": 5, "event_time": 10 ** 25}], 400, "events"),
+    ([{"product_id": "five", "event_time": "2019-10-03 10:00:00 UTC"}], 400, "events"),      # a column of the wrong type
+    ([{"product_id": 5}], 200, None),                                                          # one event, no time
+    ([{"product_id": 5}] * 50, 200, None),                                                     # max_events
+    ([{"product_id": 5}] * 51, 413, "events"),                                                 # max_events + 1
+])
+def test_hand_made_events(endpoint, events, status, field):
+    base, rec, sessions, _ = endpoint
+    got, _, answer = call(base + "/recommend", {"events": events, "k": 3})
+    assert (got, answer.get("field")) == (status, field), answer
+    if status == 200:
+        assert answer["items"] == rec.recommend(events, 3)[0]
 
 
 def test_overload_is_a_503_with_retry_after_and_the_endpoint_recovers(endpoint):

@@ -100,14 +100,15 @@ def counted(request: Request, response: JSONResponse) -> JSONResponse:
     return response
 
 
-def field_of(loc) -> str | None:
-    """('body', 'sessions', 0, 'events', 3, 'product_id') -> 'sessions[0].events[3].product_id'."""
+def field_of(loc) -> str:
+    """('body', 'sessions', 0, 'events', 3, 'product_id') -> 'sessions[0].events[3].product_id';
+    the body itself (not an object, say) is 'body'."""
     out = ""
     for part in loc:
         if part == "body":
             continue
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or None
+    return out or "body"
 
 
 UNION_TAGS = {"int", "float", "str", "bool", "none"}
