@@ -137,3 +137,26 @@ def test_a_pipeline_submitted_as_one_job_skips_what_is_complete(cluster):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "[1/2] etl: skipped" in out.stdout and "popularity" in out.stdout
     assert "all 2 stages done" in out.stdout
+
+
+def test_serve_deploys_onto_the_cluster_detached_and_stop_removes_it(cluster, served_run):
+    from rayrec.serve.predictor import Recommender
+
+    c, (run, sessions) = cluster, served_run
+    address, port = f"{c.ip[0]}:6379", 8123
+    deploy = c.run(["rayrec", "serve", "--run", run, "--address", address, "--port", str(port)], timeout=300)
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    assert "--stop" in deploy.stdout                  # it returned, the endpoint stays on the cluster
+    ask = f"""
+import json, urllib.request
+req = urllib.request.Request("http://127.0.0.1:{port}/recommend", data=json.dumps({{"events": {sessions[0]!r}, "k": 5}}).encode())
+try:
+    with urllib.request.urlopen(req, timeout=60) as r:
+        print(json.dumps([r.status, json.loads(r.read())]))
+except Exception as e:
+    print(json.dumps([getattr(e, "code", 0), str(e)]))"""
+    status, answer = c.python(ask)
+    assert status == 200 and answer["items"] == Recommender(run).recommend(sessions[0], 5)[0]
+    removed = c.run(["rayrec", "serve", "--stop", "--address", address], timeout=120)
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    assert c.python(ask)[0] != 200
