@@ -164,7 +164,7 @@ def test_fuzzed_bodies_get_a_4xx_naming_the_field_never_a_5xx(endpoint):
     base, rec, sessions, _ = endpoint
     seen = []
 
-    @settings(max_examples=250, deadline=None, derandomize=True, database=None)
+    @settings(max_examples=200, deadline=None, derandomize=True, database=None)
     @given(body=hostile_bodies(sessions), route=st.sampled_from(["/recommend", "/recommend/batch"]))
     def one(body, route):
         status, _, answer = call(base + route, raw=body)
