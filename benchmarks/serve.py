@@ -38,9 +38,10 @@ def build_model(work: str) -> tuple[str, list]:
 
     raw = write(SynthConfig(events=200_000), os.path.join(work, "raw"))["path"]
     data, run = os.path.join(work, "data"), os.path.join(work, "run")
-    run_etl([raw], data, EtlConfig(), default_workflow(EtlConfig()), progress=lambda m: None)
-    run_training(data, run, ModelConfig(arch="gpt2", masking="clm", d_model=64, n_layer=2, n_head=4, max_len=20),
-                 TrainConfig(workers=0, epochs=2, train_days="1:6", threads_per_worker=2), quiet=True)
+    if not os.path.exists(run):     # --out DIR keeps the model for the next run
+        run_etl([raw], data, EtlConfig(), default_workflow(EtlConfig()), overwrite=True, progress=lambda m: None)
+        run_training(data, run, ModelConfig(arch="gpt2", masking="clm", d_model=64, n_layer=2, n_head=4, max_len=20),
+                     TrainConfig(workers=0, epochs=2, train_days="1:6", threads_per_worker=2), quiet=True)
     keys = set(pq.read_table(os.path.join(data, "7", "test.parquet")).column(0).to_pylist())
     events = pq.read_table(raw, columns=["user_session", "product_id", "event_time"]).to_pylist()
     sessions: dict = {}
@@ -79,7 +80,7 @@ def floor(run: str, sessions: list, n: int = 2000) -> dict:
         t3 = time.perf_counter()
         for k, v in (("encode", t1 - t0), ("score", t2 - t1), ("decode", t3 - t2), ("total", t3 - t0)):
             parts[k].append(v)
-    return {k: percentiles(v)["p50"] for k, v in parts.items()} | {"total_pcts": percentiles(parts["total"])}
+    return {k: percentiles(v)["p50"] for k, v in parts.items()} | {"total_pcts": percentiles(parts["total"])}   # ms
 
 
 class Client:
@@ -231,8 +232,8 @@ def main() -> None:
     run, sessions = build_model(work)
     print(f"model: {run}; {len(sessions)} held-out sessions")
     base = floor(run, sessions)
-    print(f"\nin-process Recommender, one session (p50 ms): encode {base['encode'] * 1e3:.2f}, score "
-          f"{base['score'] * 1e3:.2f}, decode {base['decode'] * 1e3:.2f}, total {base['total'] * 1e3:.2f} "
+    print(f"\nin-process Recommender, one session (p50 ms): encode {base['encode']:.2f}, score "
+          f"{base['score']:.2f}, decode {base['decode']:.2f}, total {base['total']:.2f} "
           f"(p99 {base['total_pcts']['p99']:.2f})")
     tables = {"no batching": endpoint_runs(run, sessions, False, a.seconds),
               "batching": endpoint_runs(run, sessions, True, a.seconds)}
@@ -246,7 +247,7 @@ def main() -> None:
     low = tables["batching"][0]["p50"]
     print(f"\nmax throughput: batching {best['batching']:.0f}/s, no batching {best['no batching']:.0f}/s "
           f"({best['batching'] / best['no batching']:.2f}x); p50 at 1 client {low:.2f} ms vs the in-process "
-          f"floor {base['total'] * 1e3:.2f} ms (+{low - base['total'] * 1e3:.2f} ms)")
+          f"floor {base['total']:.2f} ms (+{low - base['total']:.2f} ms)")
     over = overload(run, sessions, a.seconds)
     print(f"overload (128 clients, max_queued_requests 16): {over['ok']} answered at {over['throughput']:.0f}/s, "
           f"refused {over['errors']}; accepted p50 {over['p50']:.1f} ms, p99 {over['p99']:.1f} ms "

@@ -227,14 +227,19 @@ def start(run_dir: str, cfg: ServeConfig, address: str | None = None, blocking: 
     """Deploy the endpoint on Ray Serve; returns once it is healthy (unless blocking)."""
     from rayrec.raylocal import init_ray
 
+    import logging
+
     new = Recommender(run_dir)  # fail here, with the real error, rather than inside a replica
+    logging.getLogger("ray.serve").setLevel(logging.INFO if cfg.access_log else logging.WARNING)
     init_ray(address)
     served = served_run()
     if served and served != (run_dir if is_uri(run_dir) else os.path.abspath(run_dir)):
         # a refresh of a running app: Serve's rolling update, if the new run fits
         check_replaces(Recommender(served), new)
     serve.start(http_options={"host": cfg.host, "port": cfg.port,
-                              "request_timeout_s": cfg.request_timeout_s + 5})   # ours answers first
+                              "request_timeout_s": cfg.request_timeout_s + 5},   # ours answers first
+                logging_config={"enable_access_log": cfg.access_log,
+                                "log_level": "INFO" if cfg.access_log else "WARNING"})
     serve.run(endpoint(run_dir, cfg), name=APP, route_prefix="/", blocking=blocking)
 
 

@@ -32,6 +32,7 @@ class ServeConfig:
     num_gpus: float = 0.0              # GPUs per replica (the model runs on cuda when > 0)
     num_cpus: float = 0.0              # CPUs reserved per replica (0: replicas share the node)
     retry_after_s: int = 1             # the Retry-After of a 503
+    access_log: bool = False           # Ray Serve's line per request in the replicas' logs
     watch: str | None = None           # a directory of published runs: each replica takes the newest one
     watch_interval_s: float = 5.0      # how often `watch` is looked at
 
@@ -68,7 +69,9 @@ class ServeConfig:
         """Ray Serve's deployment options for these settings."""
         options = {"max_ongoing_requests": self.max_ongoing_requests, "max_queued_requests": self.max_queued_requests,
                    "backpressure_config": {"status_code": 503, "retry_after_s": self.retry_after_s},
-                   "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}}
+                   "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+                   "logging_config": {"enable_access_log": self.access_log,
+                                      "log_level": "INFO" if self.access_log else "WARNING"}}
         if self.max_replicas is not None:
             options["autoscaling_config"] = {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
                                              "target_ongoing_requests": self.target_ongoing_requests}
