@@ -1,6 +1,7 @@
 """The endpoint on a real Ray Serve, over HTTP on 127.0.0.1: two batching replicas answer
 concurrent requests exactly as the in-process predictor does, every error is a 4xx of one
 shape, overload is a 503 with Retry-After, and /metrics counts what was sent."""
+import contextlib
 import json
 import os
 import threading
@@ -256,6 +257,21 @@ def send_until(base, sessions, stop, out):
         i += 1
 
 
+@contextlib.contextmanager
+def requests_through(base, sessions):
+    """Requests sent one after another for as long as the block runs (from a second before
+    it); yields the list their answers go to."""
+    stop, answers = threading.Event(), []
+    client = threading.Thread(target=send_until, args=(base, sessions, stop, answers))
+    client.start()
+    try:
+        time.sleep(1.0)
+        yield answers
+    finally:
+        stop.set()
+        client.join()
+
+
 def check_answers(answers, by_version, sessions):
     assert answers and all(a[0] == 200 for a in answers), [a for a in answers if a[0] != 200][:3]
     for _, version, items, i in answers:
@@ -268,21 +284,15 @@ def test_a_new_run_replaces_the_model_with_no_failed_request_and_a_misfit_is_ref
     base, old, sessions, _ = endpoint
     newer, misfit = other_runs
     new = Recommender(newer)
-    stop, answers = threading.Event(), []
-    client = threading.Thread(target=send_until, args=(base, sessions, stop, answers))
-    client.start()
-    try:
-        time.sleep(1.0)
+    with requests_through(base, sessions) as answers:
         start(newer, ServeConfig(port=int(base.rsplit(":", 1)[1]), num_replicas=2, max_batch_size=16,
                                  max_events=50, max_sessions=20))     # Serve's rolling update
+        rolled = len(answers)
         time.sleep(2.0)
-    finally:
-        stop.set()
-        client.join()
     check_answers(answers, {old.version: old, new.version: new}, sessions)
     versions = [a[1] for a in answers]
     assert versions[0] == old.version and versions[-1] == new.version
-    assert versions.index(new.version) > 0 and old.version not in versions[versions.index(new.version) + 20:]
+    assert old.version not in versions[rolled + 2:]       # once the update is done, only the new model answers
     with pytest.raises(ValueError, match="event fields"):
         start(misfit, ServeConfig(port=int(base.rsplit(":", 1)[1])))
     assert call(base + "/readyz")[2]["version"] == new.version                # still serving
@@ -302,11 +312,7 @@ def test_serve_watch_takes_the_newest_published_run_and_refuses_a_misfit(endpoin
     serve.run(app_of(newer, ServeConfig(num_replicas=2, max_events=50, max_sessions=20, watch=str(watched),
                                         watch_interval_s=0.3)), name=APP, route_prefix="/")
     served = Recommender(newer)
-    stop, answers = threading.Event(), []
-    client = threading.Thread(target=send_until, args=(base, sessions, stop, answers))
-    client.start()
-    try:
-        time.sleep(1.0)
+    with requests_through(base, sessions) as answers:
         shutil.copytree(run, watched / ".day-9.tmp")          # published as a run is: written, then renamed
         os.rename(watched / ".day-9.tmp", watched / "day-9")
         first = Recommender(str(watched / "day-9"))          # its version names the published directory
@@ -314,9 +320,6 @@ def test_serve_watch_takes_the_newest_published_run_and_refuses_a_misfit(endpoin
         while time.monotonic() < deadline and (not answers or answers[-1][1] != first.version):
             time.sleep(0.2)
         time.sleep(1.0)
-    finally:
-        stop.set()
-        client.join()
     check_answers(answers, {served.version: served, first.version: first}, sessions)
     assert answers[0][1] == served.version and answers[-1][1] == first.version
     shutil.copytree(misfit, watched / "day-10")

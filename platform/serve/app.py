@@ -97,7 +97,7 @@ class Endpoint:
                 try:
                     new = Recommender(newest).to(self.device)
                     check_replaces(self.recommender, new)
-                except (ValueError, OSError, KeyError) as e:
+                except Exception as e:   # whatever a published run holds, the watcher lives on
                     log.warning("rayrec: %s refused, still serving %s: %s", newest, self.version, e)
                     refused.add(newest)
                 else:
