@@ -20,7 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
-from fastapi import Request, Response
+from fastapi import Response
 from fastapi.responses import PlainTextResponse
 from ray import serve
 
@@ -193,7 +193,7 @@ class Endpoint:
         return {"status": "ready", "version": self.version, "items": self.recommender.catalogue_size}
 
     @api.get("/metrics", response_class=PlainTextResponse)
-    async def metrics_text(self, request: Request):
+    async def metrics_text(self):
         return PlainTextResponse(await self.metrics.text(), headers={VERSION_HEADER: self.version},
                                  media_type="text/plain; version=0.0.4")
 
@@ -210,11 +210,6 @@ class Endpoint:
         if e.status == 503:
             headers["Retry-After"] = str(self.cfg.retry_after_s)
         return error(e.status, str(e), e.field, headers)
-
-    def check_health(self):
-        """Ray Serve's replica health check: the model answers one session."""
-        if self.recommender is None:
-            raise RuntimeError("no model loaded")
 
 
 def endpoint(run_dir: str, cfg: ServeConfig):
