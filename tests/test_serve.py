@@ -42,8 +42,9 @@ def endpoint(served_run):
     run, sessions = served_run
     port = free_port()
     ray.shutdown()       # a cluster left by an earlier test module
+    # the queue holds every request the tests send at once: overload has its own test below
     start(run, ServeConfig(port=port, num_replicas=2, max_batch_size=16, batch_wait_timeout_s=0.005,
-                           max_events=50, max_sessions=20))
+                           max_events=50, max_sessions=20, max_queued_requests=400))
     yield f"http://127.0.0.1:{port}", Recommender(run), sessions, run
     stop()
     ray.shutdown()
