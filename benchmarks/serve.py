@@ -6,6 +6,7 @@ One run measures, on the same model and the same real held-out sessions:
   1. the in-process Recommender on one session (the floor, and where its time goes);
   2. the endpoint without batching;
   3. the endpoint with batching;
+  4. Ray Serve alone: a handler with a fixed answer, the framework's own floor here;
 each under a closed loop (C concurrent clients with keep-alive connections) and an open
 loop (fixed arrival rates; latency counted from the scheduled send, so a slow server is
 not hidden by clients that wait). Then overload: a queue limit, offered far above
@@ -185,6 +186,36 @@ def endpoint_runs(run: str, sessions: list, batching: bool, seconds: float) -> l
     return rows
 
 
+def framework_floor(sessions: list, seconds: float) -> list[dict]:
+    """Ray Serve's own cost on this machine: the same proxy, FastAPI ingress, client and
+    bodies, with a handler that answers a fixed list (no model, no parsing)."""
+    from fastapi import FastAPI
+    from ray import serve
+
+    from rayrec.quickstart import free_port
+
+    api = FastAPI()
+
+    @serve.deployment(name="Echo", max_ongoing_requests=64,
+                      logging_config={"enable_access_log": False, "log_level": "WARNING"})
+    @serve.ingress(api)
+    class Echo:
+        @api.post("/recommend")
+        async def recommend(self):
+            return {"items": list(range(10)), "scores": [0.0] * 10}
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port},
+                logging_config={"enable_access_log": False, "log_level": "WARNING"})
+    serve.run(Echo.bind(), name="echo", route_prefix="/")
+    bodies = [json.dumps({"events": s, "k": 10}).encode() for s in sessions]
+    try:
+        closed_loop(port, bodies, 4, 1.0)   # warm-up
+        return [closed_loop(port, bodies, c, seconds) for c in (1, 16)]
+    finally:
+        serve.shutdown()
+
+
 def overload(run: str, sessions: list, seconds: float) -> dict:
     """A queue limit, offered 128 clients: what is refused, and the latency of the rest."""
     from rayrec.quickstart import free_port
@@ -248,6 +279,9 @@ def main() -> None:
     print(f"\nmax throughput: batching {best['batching']:.0f}/s, no batching {best['no batching']:.0f}/s "
           f"({best['batching'] / best['no batching']:.2f}x); p50 at 1 client {low:.2f} ms vs the in-process "
           f"floor {base['total']:.2f} ms (+{low - base['total']:.2f} ms)")
+    echo = framework_floor(sessions, a.seconds)
+    print(f"Ray Serve alone (fixed answer, same proxy and client): 1 client p50 {echo[0]['p50']:.2f} ms, "
+          f"{echo[0]['throughput']:.0f}/s; 16 clients {echo[1]['throughput']:.0f}/s, p50 {echo[1]['p50']:.1f} ms")
     over = overload(run, sessions, a.seconds)
     print(f"overload (128 clients, max_queued_requests 16): {over['ok']} answered at {over['throughput']:.0f}/s, "
           f"refused {over['errors']}; accepted p50 {over['p50']:.1f} ms, p99 {over['p99']:.1f} ms "
@@ -255,7 +289,7 @@ def main() -> None:
     png = os.path.join(work, "serve.png")
     plot(tables, png)
     print(f"chart: {png}")
-    print(json.dumps({"floor": base, "tables": tables, "overload": over, "png": png}))
+    print(json.dumps({"floor": base, "serve_alone": echo, "tables": tables, "overload": over, "png": png}))
 
 
 if __name__ == "__main__":
