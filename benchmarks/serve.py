@@ -261,6 +261,9 @@ def main() -> None:
     a = p.parse_args()
     work = a.out or tempfile.mkdtemp(prefix="rayrec-serve-bench-")
     run, sessions = build_model(work)
+    from rayrec.raylocal import init_ray
+
+    init_ray(log_to_driver=False)   # the report is this script's: the proxy's queue-probe warnings under load stay in Ray's logs
     print(f"model: {run}; {len(sessions)} held-out sessions")
     base = floor(run, sessions)
     print(f"\nin-process Recommender, one session (p50 ms): encode {base['encode']:.2f}, score "
