@@ -9,8 +9,9 @@ Routes (OpenAPI at /openapi.json, docs at /docs):
 Every answer carries the model version in X-Model-Version. Errors are
 {"error": ..., "field": ...} with a 4xx status (503 with Retry-After when overloaded).
 
-Sessions from concurrent requests are scored together (`@serve.batch`), on one worker
-thread beside the event loop: health checks and request parsing never wait for a batch.
+Sessions from concurrent requests are scored together (batching.py: a batch forms when the
+scorer is free), on one worker thread beside the event loop: health checks and request
+parsing never wait for a batch.
 """
 # no `from __future__ import annotations`: FastAPI reads the route annotations as types
 import asyncio
@@ -26,6 +27,7 @@ from ray import serve
 
 from rayrec.serve.api import (VERSION_HEADER, Batch, BatchRecommendation, BodyLimit, ClientError, Health, Ready,
                               Recommendation, Session, error, new_api)
+from rayrec.serve.batching import Batcher
 from rayrec.serve.config import ServeConfig
 from rayrec.serve.predictor import Query, Recommender, check_replaces, newest_run
 from rayrec.storage import is_uri
@@ -59,14 +61,14 @@ class Endpoint:
         self.recommender = Recommender(run_dir).to(self.device)
         self.run_dir = run_dir
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="rayrec-score")   # torch work, off the event loop
-        self.score_batch.set_max_batch_size(cfg.max_batch_size)
-        self.score_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
         app = serve.get_replica_context().app_name
         store = ray.remote(MetricsStore).options(name=f"rayrec-metrics-{app}", namespace="rayrec",
                                                  get_if_exists=True, lifetime="detached", num_cpus=0)
         self.store = store.remote()
         self.store.serving.remote(run_dir, self.version)
         self.metrics = ReplicaMetrics(self.store, self.version)
+        self.batcher = Batcher(self.answer_batch, self.pool, cfg.max_batch_size, cfg.batch_wait_timeout_s,
+                               self.metrics.counts.batch) if cfg.batching else None
         # the module itself, not the names imported above: Serve copies this class, with
         # the plain values its methods refer to, into the replica
         from rayrec.serve import api as api_module
@@ -110,18 +112,17 @@ class Endpoint:
     async def score(self, queries: list[Query]) -> list[tuple[list, list[float], str]]:
         """One session joins the replica's batches; a request of many is scored as its own
         batch (so all its answers come from one model)."""
-        if self.cfg.batching and len(queries) == 1:
-            return [await self.score_batch(queries[0])]
+        if self.batcher is not None and len(queries) == 1:
+            return [await self.batcher.submit(queries[0])]
         return await asyncio.get_running_loop().run_in_executor(self.pool, self.answer, queries)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-    async def score_batch(self, queries: list[Query]) -> list:
-        self.metrics.counts.batch(len(queries))
+    def answer_batch(self, queries: list[Query]) -> list:
+        """Sessions of concurrent requests, scored together; if one of them is bad, each is
+        answered alone, so only that one fails."""
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.pool, self.answer, queries)
-        except ClientError:   # one bad session: answer each alone, so only it fails
-            return [await asyncio.get_running_loop().run_in_executor(self.pool, self.answer_or_error, q)
-                    for q in queries]
+            return self.answer(queries)
+        except ClientError:
+            return [self.answer_or_error(q) for q in queries]
 
     def answer(self, queries: list[Query]) -> list:
         """(items, scores, version) per query, all from the model served when it began."""

@@ -28,7 +28,8 @@ class ServeConfig:
     request_timeout_s: float = 10.0    # an answer not ready by then is a 503
     batching: bool = True              # sessions from concurrent requests are scored as one batch
     max_batch_size: int = 32           # sessions per batch
-    batch_wait_timeout_s: float = 0.002    # how long a batch waits to fill once it has one session
+    batch_wait_timeout_s: float = 0.0  # a free scorer waits this long for more sessions (0: the next
+                                       # batch fills while one scores; > 0 pays off on a GPU)
     num_gpus: float = 0.0              # GPUs per replica (the model runs on cuda when > 0)
     num_cpus: float = 0.0              # CPUs reserved per replica (0: replicas share the node)
     retry_after_s: int = 1             # the Retry-After of a 503
