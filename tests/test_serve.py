@@ -117,17 +117,26 @@ def test_too_many_sessions_in_a_batch_is_a_413(endpoint):
 def test_metrics_count_the_requests_sent(endpoint):
     base = endpoint[0]
     time.sleep(1.5)   # the earlier tests' counts have reached the store from every replica
-    before = requests_counted(base)
+    before, queued = requests_counted(base), counted(base, "rayrec_queue_seconds_count")
     for _ in range(7):
         call(base + "/recommend", {"events": endpoint[2][1], "k": 2})
     call(base + "/recommend", raw=b"{oops")
+    call(base + "/recommend/batch", {"sessions": [{"events": endpoint[2][1]}] * 3})
     time.sleep(1.5)   # each replica sends its counts every 0.5 s
     status, headers, text = call(base + "/metrics")
     after = requests_counted(base)
     assert after.get(("/recommend", "200"), 0) - before.get(("/recommend", "200"), 0) == 7
     assert after.get(("/recommend", "400"), 0) - before.get(("/recommend", "400"), 0) == 1
+    # every session scored waited for the scorer once: 7 alone, 3 in one batch
+    assert counted(base, "rayrec_queue_seconds_count") - queued == 10
+    assert "rayrec_batch_seconds_sum" in text
     assert "rayrec_request_seconds_bucket" in text and "rayrec_batch_sessions_count" in text
     assert f'rayrec_model_info{{version="{headers["x-model-version"]}"}} 1' in text
+
+
+def counted(base, name):
+    return float(next(line.split()[-1] for line in call(base + "/metrics")[2].splitlines()
+                      if line.startswith(name + "{")))
 
 
 def requests_counted(base):

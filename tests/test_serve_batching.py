@@ -46,10 +46,14 @@ def test_a_lone_request_is_scored_at_once_in_a_batch_of_one():
 
 
 def test_requests_arriving_while_a_batch_scores_form_the_next_batch_up_to_max_size():
-    scorer, sizes = Scorer(hold_first=True), []
+    scorer, sizes, waited = Scorer(hold_first=True), [], []
+
+    def observe(waits, seconds):
+        sizes.append(len(waits))
+        waited.append(min(waits))
 
     async def go():
-        b = Batcher(scorer, ThreadPoolExecutor(1), max_size=8, on_batch=sizes.append)
+        b = Batcher(scorer, ThreadPoolExecutor(1), max_size=8, observe=observe)
         first = asyncio.ensure_future(b.submit(0))
         while not scorer.batches:          # the first batch is scoring (and held)
             await asyncio.sleep(0.001)
@@ -62,6 +66,7 @@ def test_requests_arriving_while_a_batch_scores_form_the_next_batch_up_to_max_si
     assert first == 0 and rest == [2 * i for i in range(1, 21)]
     assert scorer.batches == [[0], list(range(1, 9)), list(range(9, 17)), list(range(17, 21))]
     assert sizes == [1, 8, 8, 4]
+    assert waited[0] >= 0 and min(waited[1:]) >= 0.01     # the followers waited out the held batch
 
 
 def test_a_bad_item_fails_only_its_own_caller_and_a_failed_batch_fails_each_caller():

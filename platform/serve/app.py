@@ -27,7 +27,7 @@ from ray import serve
 
 from rayrec.serve.api import (VERSION_HEADER, Batch, BatchRecommendation, BodyLimit, ClientError, Health, Ready,
                               Recommendation, Session, error, new_api)
-from rayrec.serve.batching import Batcher
+from rayrec.serve.batching import Batcher, timed
 from rayrec.serve.config import ServeConfig
 from rayrec.serve.predictor import Query, Recommender, check_replaces, newest_run
 from rayrec.storage import is_uri
@@ -67,8 +67,9 @@ class Endpoint:
         self.store = store.remote()
         self.store.serving.remote(run_dir, self.version)
         self.metrics = ReplicaMetrics(self.store, self.version)
-        self.batcher = Batcher(self.answer_batch, self.pool, cfg.max_batch_size, cfg.batch_wait_timeout_s,
-                               self.metrics.counts.batch) if cfg.batching else None
+        # batching off: one session at a time, through the same queue
+        self.batcher = Batcher(self.answer_batch, self.pool, cfg.max_batch_size if cfg.batching else 1,
+                               cfg.batch_wait_timeout_s, self.observe)
         # the module itself, not the names imported above: Serve copies this class, with
         # the plain values its methods refer to, into the replica
         from rayrec.serve import api as api_module
@@ -112,9 +113,16 @@ class Endpoint:
     async def score(self, queries: list[Query]) -> list[tuple[list, list[float], str]]:
         """One session joins the replica's batches; a request of many is scored as its own
         batch (so all its answers come from one model)."""
-        if self.batcher is not None and len(queries) == 1:
+        if len(queries) == 1:
             return [await self.batcher.submit(queries[0])]
-        return await asyncio.get_running_loop().run_in_executor(self.pool, self.answer, queries)
+        queued = time.perf_counter()
+        started, results, seconds = await asyncio.get_running_loop().run_in_executor(self.pool, timed, self.answer,
+                                                                                     queries)
+        self.observe([started - queued] * len(queries), seconds)
+        return results
+
+    def observe(self, waits: list[float], seconds: float) -> None:
+        self.metrics.counts.batch(waits, seconds)
 
     def answer_batch(self, queries: list[Query]) -> list:
         """Sessions of concurrent requests, scored together; if one of them is bad, each is

@@ -16,6 +16,7 @@ scorers (a GPU) whose batch of 32 costs about what a batch of 1 does.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from concurrent.futures import Executor
 from typing import Callable, Generic, TypeVar
@@ -27,18 +28,20 @@ Result = TypeVar("Result")
 class Batcher(Generic[Item, Result]):
     """`await submit(item)` -> the result `run` gave for it, scored with whatever else was
     waiting. `run(items)` runs on `executor` and returns one result per item; a result that
-    is an exception is raised to that item's caller only."""
+    is an exception is raised to that item's caller only. `observe(waits, seconds)` hears,
+    after each batch, how long each of its items waited for the scorer and how long the
+    batch took to score (both on the scoring thread's clock)."""
 
     def __init__(self, run: Callable[[list[Item]], list], executor: Executor, max_size: int, wait_s: float = 0.0,
-                 on_batch: Callable[[int], None] | None = None):
+                 observe: Callable[[list[float], float], None] | None = None):
         self.run, self.executor, self.max_size, self.wait_s = run, executor, max_size, wait_s
-        self.on_batch = on_batch
-        self.waiting: deque[tuple[Item, asyncio.Future]] = deque()
+        self.observe = observe
+        self.waiting: deque[tuple[Item, asyncio.Future, float]] = deque()
         self.loop_task: asyncio.Task | None = None
 
     async def submit(self, item: Item) -> Result:
         future = asyncio.get_running_loop().create_future()
-        self.waiting.append((item, future))
+        self.waiting.append((item, future, time.perf_counter()))
         if self.loop_task is None or self.loop_task.done():
             self.loop_task = asyncio.get_running_loop().create_task(self.drain())
         return await future
@@ -50,21 +53,29 @@ class Batcher(Generic[Item, Result]):
                 await asyncio.sleep(self.wait_s)
             batch = []
             while self.waiting and len(batch) < self.max_size:
-                item, future = self.waiting.popleft()
-                if not future.done():       # a request that timed out or went away is not scored
-                    batch.append((item, future))
+                entry = self.waiting.popleft()
+                if not entry[1].done():       # a request that timed out or went away is not scored
+                    batch.append(entry)
             if not batch:
                 continue
-            if self.on_batch:
-                self.on_batch(len(batch))
             try:
-                results = await loop.run_in_executor(self.executor, self.run, [item for item, _ in batch])
+                started, results, seconds = await loop.run_in_executor(self.executor, timed, self.run,
+                                                                       [item for item, _, _ in batch])
             except Exception as e:  # the whole batch failed: each caller sees why
-                results = [e] * len(batch)
-            for (_, future), result in zip(batch, results):
+                started, results, seconds = time.perf_counter(), [e] * len(batch), 0.0
+            if self.observe:
+                self.observe([started - queued for _, _, queued in batch], seconds)
+            for (_, future, _), result in zip(batch, results):
                 if future.done():
                     continue
                 if isinstance(result, BaseException):
                     future.set_exception(result)
                 else:
                     future.set_result(result)
+
+
+def timed(run: Callable[[list], list], items: list) -> tuple[float, list, float]:
+    """(when it started, run(items), how long it took), on the thread that runs it."""
+    started = time.perf_counter()
+    results = run(items)
+    return started, results, time.perf_counter() - started

@@ -28,18 +28,24 @@ class Counts:
         self.requests: dict[tuple[str, int], int] = defaultdict(int)
         self.latency: dict[str, list] = {}       # route -> [bucket counts..., +Inf count, sum]
         self.batches: list = [0] * (len(BATCH_BUCKETS) + 2)
+        self.queued: list = [0] * (len(LATENCY_BUCKETS) + 2)     # per session: waiting for the scorer
+        self.scored: list = [0] * (len(LATENCY_BUCKETS) + 2)     # per batch: encode, score, decode
 
     def request(self, route: str, status: int, seconds: float) -> None:
         self.requests[(route, status)] += 1
         h = self.latency.setdefault(route, [0] * (len(LATENCY_BUCKETS) + 2))
         observe(h, LATENCY_BUCKETS, seconds)
 
-    def batch(self, size: int) -> None:
-        observe(self.batches, BATCH_BUCKETS, size)
+    def batch(self, waits: list[float], seconds: float) -> None:
+        """One batch: how long each of its sessions waited for the scorer, and how long it took."""
+        observe(self.batches, BATCH_BUCKETS, len(waits))
+        for w in waits:
+            observe(self.queued, LATENCY_BUCKETS, w)
+        observe(self.scored, LATENCY_BUCKETS, seconds)
 
     def take(self) -> dict:
         out = {"requests": [[r, s, n] for (r, s), n in self.requests.items()],
-               "latency": self.latency, "batches": self.batches}
+               "latency": self.latency, "batches": self.batches, "queued": self.queued, "scored": self.scored}
         self.__init__()
         return out
 
@@ -77,8 +83,10 @@ class MetricsStore:
             mine = self.counts.latency.setdefault(route, [0] * (len(LATENCY_BUCKETS) + 2))
             for i, v in enumerate(h):
                 mine[i] += v
-        for i, v in enumerate(delta["batches"]):
-            self.counts.batches[i] += v
+        for name in ("batches", "queued", "scored"):
+            mine = getattr(self.counts, name)
+            for i, v in enumerate(delta[name]):
+                mine[i] += v
         self.version = version or self.version
 
     def text(self) -> str:
@@ -97,6 +105,12 @@ def prometheus_text(c: Counts, version: str) -> str:
     lines += ["# HELP rayrec_batch_sessions Sessions scored together in one batch.",
               "# TYPE rayrec_batch_sessions histogram"]
     lines += histogram("rayrec_batch_sessions", c.batches, BATCH_BUCKETS, "")
+    lines += ["# HELP rayrec_queue_seconds Time a session waited in the replica for the scorer.",
+              "# TYPE rayrec_queue_seconds histogram"]
+    lines += histogram("rayrec_queue_seconds", c.queued, LATENCY_BUCKETS, "")
+    lines += ["# HELP rayrec_batch_seconds Time to answer one batch: encode, score, decode.",
+              "# TYPE rayrec_batch_seconds histogram"]
+    lines += histogram("rayrec_batch_seconds", c.scored, LATENCY_BUCKETS, "")
     lines += ["# HELP rayrec_model_info The model being served.", "# TYPE rayrec_model_info gauge",
               f'rayrec_model_info{{version="{version}"}} 1']
     return "\n".join(lines) + "\n"
