@@ -1,17 +1,21 @@
 """Load, latency and overload of `rayrec serve` (issue 14), over HTTP on 127.0.0.1.
 
-    python benchmarks/serve.py [--seconds 5] [--out DIR]
+    python benchmarks/serve.py [--seconds 5] [--out DIR] [--models quickstart,rees46-side]
 
 One run measures, on the same model and the same real held-out sessions:
   1. the in-process Recommender on one session (the floor, and where its time goes);
   2. the endpoint without batching;
   3. the endpoint with batching;
-  4. Ray Serve alone: a handler with a fixed answer, the framework's own floor here;
+  4. Ray Serve alone: a handler with a fixed answer, with and without reading the
+     request body: the framework's own floor here;
 each under a closed loop (C concurrent clients with keep-alive connections) and an open
 loop (fixed arrival rates; latency counted from the scheduled send, so a slow server is
 not hidden by clients that wait). Then overload: a queue limit, offered far above
 saturation. Prints the tables, writes serve.png (latency against throughput) and a JSON
-line. The model: the quickstart's (synthetic REES46-style events, GPT-2 CLM).
+line. The models, trained on `rayrec synth` events: the quickstart's (GPT-2 CLM, item
+and time) and the REES46 tutorial's XLNet-MLM with side features (d_model 192). In the
+endpoint tables, the replica's own histograms split its time: the handler, the wait for
+the scorer, one batch's encode+score+decode, and sessions per batch.
 """
 from __future__ import annotations
 
@@ -27,29 +31,48 @@ import time
 import numpy as np
 
 
-def build_model(work: str) -> tuple[str, list]:
-    """The quickstart's data and model (trained in-process), and held-out sessions as raw events."""
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = {   # name -> (ETL config (None: the default workflow), model config, its training)
+    "quickstart": (None, None, dict(epochs=2)),
+    "rees46-side": (os.path.join(ROOT, "examples", "rees46", "etl.yaml"),
+                    os.path.join(ROOT, "examples", "rees46", "xlnet-mlm-side.yaml"), dict(epochs=1)),
+}
+
+
+def build_model(work: str, name: str) -> tuple[str, list]:
+    """One model (trained in-process on `rayrec synth` events) and held-out sessions as raw
+    events, with every field its workflow reads: the quickstart's (GPT-2 CLM, item and
+    time) and the REES46 tutorial's XLNet-MLM with side features (category, brand, price)."""
     import pyarrow.parquet as pq
 
-    from rayrec.etl import EtlConfig, default_workflow, run_etl
+    from rayrec.config_io import from_dict, read_section
+    from rayrec.etl import EtlConfig, default_workflow, run_etl, workflow_from_config
     from rayrec.models.config import ModelConfig
+    from rayrec.serve.predictor import Recommender
     from rayrec.synth import SynthConfig, write
     from rayrec.train.config import TrainConfig
     from rayrec.train.trainer import run_training
 
-    raw = write(SynthConfig(events=200_000), os.path.join(work, "raw"))["path"]
-    data, run = os.path.join(work, "data"), os.path.join(work, "run")
-    if not os.path.exists(run):     # --out DIR keeps the model for the next run
-        run_etl([raw], data, EtlConfig(), default_workflow(EtlConfig()), overwrite=True, progress=lambda m: None)
-        run_training(data, run, ModelConfig(arch="gpt2", masking="clm", d_model=64, n_layer=2, n_head=4, max_len=20),
-                     TrainConfig(workers=0, epochs=2, train_days="1:6", threads_per_worker=2), quiet=True)
-    keys = set(pq.read_table(os.path.join(data, "7", "test.parquet")).column(0).to_pylist())
-    events = pq.read_table(raw, columns=["user_session", "product_id", "event_time"]).to_pylist()
+    etl_yaml, model_yaml, train = MODELS[name]
+    raw = os.path.join(work, "raw", "events.parquet")
+    if not os.path.exists(raw):
+        raw = write(SynthConfig(events=200_000), os.path.join(work, "raw"))["path"]
+    data, run = os.path.join(work, name, "data"), os.path.join(work, name, "run")
+    if not os.path.exists(run):     # --out DIR keeps the models for the next run
+        cfg = from_dict(EtlConfig, read_section(etl_yaml, "etl"), "etl") if etl_yaml else EtlConfig()
+        workflow = workflow_from_config(read_section(etl_yaml, "workflow"), etl_yaml) if etl_yaml else default_workflow(cfg)
+        run_etl([raw], data, cfg, workflow, overwrite=True, progress=lambda m: None)
+        model = (from_dict(ModelConfig, read_section(model_yaml, "model"), model_yaml) if model_yaml else
+                 ModelConfig(arch="gpt2", masking="clm", d_model=64, n_layer=2, n_head=4, max_len=20))
+        run_training(data, run, model, TrainConfig(workers=0, train_days="1:6", threads_per_worker=2, **train), quiet=True)
+    fields = [f for f in Recommender(run).workflow.raw_columns() if f != "user_session"]
+    events = pq.read_table(raw, columns=sorted(set(fields) | {"user_session", "event_time"})).to_pylist()
+    last_day = max(e["event_time"][:10] for e in events)       # not trained on (days 1-6)
     sessions: dict = {}
     for e in events:
-        if e["user_session"] in keys:
-            sessions.setdefault(e["user_session"], []).append({"product_id": e["product_id"],
-                                                               "event_time": e["event_time"]})
+        sessions.setdefault(e["user_session"], []).append(e)
+    sessions = {k: [{f: e[f] for f in fields} for e in v] for k, v in sessions.items()
+                if v[0]["event_time"][:10] == last_day}
     return run, [s[:-1] for s in sessions.values() if len(s) >= 2]     # all but the item to predict
 
 
@@ -166,33 +189,68 @@ def summary(load: str, lat: list, codes: list, wall: float) -> dict:
     return out | percentiles(lat)
 
 
+def replica_sums(port: int) -> dict:
+    """The endpoint's own histograms (summed over replicas): sums and counts, to diff."""
+    import re
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    out = {}
+    for name in ("rayrec_request_seconds", "rayrec_queue_seconds", "rayrec_batch_seconds", "rayrec_batch_sessions"):
+        for part in ("sum", "count"):
+            m = re.search(rf"^{name}_{part}{{[^}}]*}} (\S+)$", text, re.M)
+            out[f"{name}_{part}"] = float(m.group(1)) if m else 0.0
+    return out
+
+
+def in_replica(before: dict, after: dict) -> dict:
+    """Means over one load, measured in the replica: its whole handler, the wait for the
+    scorer, one batch's encode+score+decode, and the sessions per batch."""
+    d = {k: after[k] - before[k] for k in after}
+
+    def mean(name, scale=1000.0):
+        n = d[f"{name}_count"]
+        return scale * d[f"{name}_sum"] / n if n else None
+
+    return {"handler_ms": mean("rayrec_request_seconds"), "queue_ms": mean("rayrec_queue_seconds"),
+            "batch_ms": mean("rayrec_batch_seconds"), "batch_size": mean("rayrec_batch_sessions", 1.0)}
+
+
 def endpoint_runs(run: str, sessions: list, batching: bool, seconds: float) -> list[dict]:
     from rayrec.quickstart import free_port
     from rayrec.serve.app import ServeConfig, start, stop
 
     port = free_port()
-    start(run, ServeConfig(port=port, batching=batching, max_batch_size=32, batch_wait_timeout_s=0.002,
-                           max_ongoing_requests=64, max_queued_requests=-1, threads=1))
+    start(run, ServeConfig(port=port, batching=batching, max_batch_size=32, max_ongoing_requests=64,
+                           max_queued_requests=-1, threads=1))
     bodies = [json.dumps({"events": s, "k": 10}).encode() for s in sessions]
     rows = []
     try:
         closed_loop(port, bodies, 4, 1.0)   # warm-up
-        for c in (1, 4, 16, 32, 64):
-            rows.append(closed_loop(port, bodies, c, seconds))
-        for rate in (50, 100, 200, 400):
-            rows.append(open_loop(port, bodies, rate, seconds))
+        time.sleep(0.6)                     # the replicas' counts reach the store every 0.5 s
+        for load in [("closed", c) for c in (1, 4, 16, 32, 64)] + [("open", r) for r in (50, 100, 200, 400)]:
+            before = replica_sums(port)
+            row = closed_loop(port, bodies, load[1], seconds) if load[0] == "closed" else \
+                open_loop(port, bodies, load[1], seconds)
+            time.sleep(0.6)
+            rows.append(row | in_replica(before, replica_sums(port)))
     finally:
         stop()
     return rows
 
 
-def framework_floor(sessions: list, seconds: float) -> list[dict]:
+def framework_floor(sessions: list, seconds: float, read_body: bool) -> list[dict]:
     """Ray Serve's own cost on this machine: the same proxy, FastAPI ingress, client and
-    bodies, with a handler that answers a fixed list (no model, no parsing)."""
-    from fastapi import FastAPI
+    bodies, with a handler that answers a fixed list, with or without reading and
+    validating the request body (Serve's replica fetches a body from the proxy with a
+    call of its own)."""
+    from fastapi import FastAPI, Request
     from ray import serve
 
     from rayrec.quickstart import free_port
+    from rayrec.serve.api import Session
 
     api = FastAPI()
 
@@ -200,9 +258,13 @@ def framework_floor(sessions: list, seconds: float) -> list[dict]:
                       logging_config={"enable_access_log": False, "log_level": "WARNING"})
     @serve.ingress(api)
     class Echo:
-        @api.post("/recommend")
-        async def recommend(self):
+        async def recommend(self, request):
+            if read_body:
+                Session.model_validate_json(await request.body())
             return {"items": list(range(10)), "scores": [0.0] * 10}
+
+        recommend.__annotations__ = {"request": Request}   # the class itself, not this module's string
+        recommend = api.post("/recommend")(recommend)
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port},
@@ -211,7 +273,7 @@ def framework_floor(sessions: list, seconds: float) -> list[dict]:
     bodies = [json.dumps({"events": s, "k": 10}).encode() for s in sessions]
     try:
         closed_loop(port, bodies, 4, 1.0)   # warm-up
-        return [closed_loop(port, bodies, c, seconds) for c in (1, 16)]
+        return [closed_loop(port, bodies, c, seconds) for c in (1, 32)]
     finally:
         serve.shutdown()
 
@@ -237,7 +299,7 @@ def plot(tables: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for (name, rows), color in zip(tables.items(), ("tab:orange", "tab:blue")):
+    for (name, rows), color in zip(tables.items(), ("tab:orange", "tab:blue", "tab:red", "tab:green")):
         for kind, marker in (("closed", "o"), ("open", "s")):
             pts = sorted((r["throughput"], r["p50"], r["p99"]) for r in rows if r["load"].startswith(kind) and r["p50"])
             if pts:
@@ -254,45 +316,64 @@ def plot(tables: dict, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def report(name: str, base: dict, tables: dict) -> dict:
+    """Print one model's tables; returns its headline figures."""
+    print(f"\n== {name}: in-process Recommender, one session (p50 ms): encode {base['encode']:.2f}, score "
+          f"{base['score']:.2f}, decode {base['decode']:.2f}, total {base['total']:.2f} "
+          f"(p99 {base['total_pcts']['p99']:.2f})")
+    for mode, rows in tables.items():
+        print(f"\nendpoint, {mode}   (in replica: mean handler, queue for the scorer, one batch, sessions/batch)")
+        print(f"{'load':<14} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'handler':>8} {'queue':>8} "
+              f"{'batch':>8} {'size':>5}  errors")
+        for r in rows:
+            cells = " ".join(f"{r[k]:>8.2f}" if r[k] is not None else f"{'-':>8}" for k in ("handler_ms", "queue_ms",
+                                                                                          "batch_ms"))
+            print(f"{r['load']:<14} {r['throughput']:>8.1f} {r['p50'] or 0:>8.2f} {r['p95'] or 0:>8.2f} "
+                  f"{r['p99'] or 0:>8.2f} {cells} {r['batch_size'] or 0:>5.1f}  {r['errors'] or '-'}")
+    best = {k: max(r["throughput"] for r in v) for k, v in tables.items()}
+    low = tables["batching"][0]["p50"]
+    head = {"batching_max": best["batching"], "no_batching_max": best["no batching"],
+            "ratio": best["batching"] / best["no batching"], "p50_1_client": low, "floor": base["total"]}
+    print(f"\n{name}: max throughput batching {head['batching_max']:.0f}/s, no batching {head['no_batching_max']:.0f}/s "
+          f"({head['ratio']:.2f}x); p50 at 1 client {low:.2f} ms vs the in-process floor {base['total']:.2f} ms "
+          f"(+{low - base['total']:.2f} ms)")
+    return head
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=5.0, help="per offered load")
-    p.add_argument("--out", help="directory for serve.png and the model (default: a temporary one)")
+    p.add_argument("--out", help="directory for serve.png and the models (default: a temporary one)")
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
     a = p.parse_args()
     work = a.out or tempfile.mkdtemp(prefix="rayrec-serve-bench-")
-    run, sessions = build_model(work)
+    built = {name: build_model(work, name) for name in a.models.split(",")}
     from rayrec.raylocal import init_ray
 
     init_ray(log_to_driver=False)   # the report is this script's: the proxy's queue-probe warnings under load stay in Ray's logs
-    print(f"model: {run}; {len(sessions)} held-out sessions")
-    base = floor(run, sessions)
-    print(f"\nin-process Recommender, one session (p50 ms): encode {base['encode']:.2f}, score "
-          f"{base['score']:.2f}, decode {base['decode']:.2f}, total {base['total']:.2f} "
-          f"(p99 {base['total_pcts']['p99']:.2f})")
-    tables = {"no batching": endpoint_runs(run, sessions, False, a.seconds),
-              "batching": endpoint_runs(run, sessions, True, a.seconds)}
-    for name, rows in tables.items():
-        print(f"\nendpoint, {name}")
-        print(f"{'load':<14} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}  errors")
-        for r in rows:
-            print(f"{r['load']:<14} {r['throughput']:>8.1f} {r['p50'] or 0:>8.2f} {r['p95'] or 0:>8.2f} "
-                  f"{r['p99'] or 0:>8.2f}  {r['errors'] or '-'}")
-    best = {k: max(r["throughput"] for r in v) for k, v in tables.items()}
-    low = tables["batching"][0]["p50"]
-    print(f"\nmax throughput: batching {best['batching']:.0f}/s, no batching {best['no batching']:.0f}/s "
-          f"({best['batching'] / best['no batching']:.2f}x); p50 at 1 client {low:.2f} ms vs the in-process "
-          f"floor {base['total']:.2f} ms (+{low - base['total']:.2f} ms)")
-    echo = framework_floor(sessions, a.seconds)
-    print(f"Ray Serve alone (fixed answer, same proxy and client): 1 client p50 {echo[0]['p50']:.2f} ms, "
-          f"{echo[0]['throughput']:.0f}/s; 16 clients {echo[1]['throughput']:.0f}/s, p50 {echo[1]['p50']:.1f} ms")
+    results = {}
+    for name, (run, sessions) in built.items():
+        print(f"model {name}: {run}; {len(sessions)} held-out sessions")
+        base = floor(run, sessions)
+        tables = {"no batching": endpoint_runs(run, sessions, False, a.seconds),
+                  "batching": endpoint_runs(run, sessions, True, a.seconds)}
+        results[name] = {"floor": base, "tables": tables, "headline": report(name, base, tables)}
+    sessions = next(iter(built.values()))[1]
+    echo = {"fixed answer": framework_floor(sessions, a.seconds, False),
+            "reads the body": framework_floor(sessions, a.seconds, True)}
+    print("\nRay Serve alone (same proxy, ingress, client and bodies; a fixed answer):")
+    for label, (one, many) in echo.items():
+        print(f"  {label:<15} 1 client p50 {one['p50']:.2f} ms, {one['throughput']:.0f}/s; 32 clients "
+              f"{many['throughput']:.0f}/s, p50 {many['p50']:.1f} ms")
+    run, sessions = next(iter(built.values()))
     over = overload(run, sessions, a.seconds)
     print(f"overload (128 clients, max_queued_requests 16): {over['ok']} answered at {over['throughput']:.0f}/s, "
           f"refused {over['errors']}; accepted p50 {over['p50']:.1f} ms, p99 {over['p99']:.1f} ms "
           f"({over['p99'] / over['p50']:.1f}x p50)")
     png = os.path.join(work, "serve.png")
-    plot(tables, png)
+    plot({f"{m}, {mode}": rows for m, r in results.items() for mode, rows in r["tables"].items()}, png)
     print(f"chart: {png}")
-    print(json.dumps({"floor": base, "serve_alone": echo, "tables": tables, "overload": over, "png": png}))
+    print(json.dumps({"models": results, "serve_alone": echo, "overload": over, "png": png}))
 
 
 if __name__ == "__main__":
