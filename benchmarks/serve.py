@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import logging
 import os
 import queue
 import tempfile
@@ -266,6 +267,7 @@ def framework_floor(sessions: list, seconds: float, read_body: bool) -> list[dic
         recommend.__annotations__ = {"request": Request}   # the class itself, not this module's string
         recommend = api.post("/recommend")(recommend)
 
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port},
                 logging_config={"enable_access_log": False, "log_level": "WARNING"})
@@ -278,16 +280,19 @@ def framework_floor(sessions: list, seconds: float, read_body: bool) -> list[dic
         serve.shutdown()
 
 
-def overload(run: str, sessions: list, seconds: float) -> dict:
-    """A queue limit, offered 128 clients: what is refused, and the latency of the rest."""
+def overload(run: str, sessions: list, seconds: float, clients: int) -> list[dict]:
+    """Offered far above saturation (open loop, 400 and 800 requests/s from up to `clients`
+    connections, a refusal not retried) against a queue limit: what is refused, and the
+    latency of the rest."""
     from rayrec.quickstart import free_port
     from rayrec.serve.app import ServeConfig, start, stop
 
     port = free_port()
-    start(run, ServeConfig(port=port, max_ongoing_requests=32, max_queued_requests=16, threads=1))
+    start(run, ServeConfig(port=port, max_queued_requests=16, threads=1))
     bodies = [json.dumps({"events": s, "k": 10}).encode() for s in sessions]
     try:
-        return closed_loop(port, bodies, 128, seconds)
+        closed_loop(port, bodies, 4, 1.0)   # warm-up
+        return [open_loop(port, bodies, rate, seconds, workers=clients) for rate in (400, 800)]
     finally:
         stop()
 
@@ -345,14 +350,18 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=5.0, help="per offered load")
     p.add_argument("--out", help="directory for serve.png and the models (default: a temporary one)")
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
+    p.add_argument("--overload-clients", type=int, default=512,
+                   help="connections of the overload run (above max_ongoing_requests + max_queued_requests)")
+    p.add_argument("--only", choices=["floors,overload"], help="skip the endpoints' load tables")
     a = p.parse_args()
     work = a.out or tempfile.mkdtemp(prefix="rayrec-serve-bench-")
     built = {name: build_model(work, name) for name in a.models.split(",")}
+    skip_load = a.only == "floors,overload"
     from rayrec.raylocal import init_ray
 
     init_ray(log_to_driver=False)   # the report is this script's: the proxy's queue-probe warnings under load stay in Ray's logs
     results = {}
-    for name, (run, sessions) in built.items():
+    for name, (run, sessions) in ([] if skip_load else built.items()):
         print(f"model {name}: {run}; {len(sessions)} held-out sessions")
         base = floor(run, sessions)
         tables = {"no batching": endpoint_runs(run, sessions, False, a.seconds),
@@ -366,13 +375,15 @@ def main() -> None:
         print(f"  {label:<15} 1 client p50 {one['p50']:.2f} ms, {one['throughput']:.0f}/s; 32 clients "
               f"{many['throughput']:.0f}/s, p50 {many['p50']:.1f} ms")
     run, sessions = next(iter(built.values()))
-    over = overload(run, sessions, a.seconds)
-    print(f"overload (128 clients, max_queued_requests 16): {over['ok']} answered at {over['throughput']:.0f}/s, "
-          f"refused {over['errors']}; accepted p50 {over['p50']:.1f} ms, p99 {over['p99']:.1f} ms "
-          f"({over['p99'] / over['p50']:.1f}x p50)")
+    over = overload(run, sessions, a.seconds, a.overload_clients)
+    for o in over:
+        print(f"overload ({o['load']}, {a.overload_clients} clients, max_ongoing_requests 128, max_queued_requests 16): {o['ok']} answered at "
+              f"{o['throughput']:.0f}/s, refused {o['errors']}; accepted p50 {o['p50']:.1f} ms, p99 {o['p99']:.1f} ms "
+              f"({o['p99'] / o['p50']:.1f}x p50)")
     png = os.path.join(work, "serve.png")
-    plot({f"{m}, {mode}": rows for m, r in results.items() for mode, rows in r["tables"].items()}, png)
-    print(f"chart: {png}")
+    if results:
+        plot({f"{m}, {mode}": rows for m, r in results.items() for mode, rows in r["tables"].items()}, png)
+        print(f"chart: {png}")
     print(json.dumps({"models": results, "serve_alone": echo, "overload": over, "png": png}))
 
 

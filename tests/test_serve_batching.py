@@ -31,6 +31,14 @@ def run(coro):
     return asyncio.run(coro)
 
 
+async def scoring(b: Batcher, scorer: Scorer, item) -> asyncio.Future:
+    """Submit `item` and return once its batch is on the scorer (held there)."""
+    first = asyncio.ensure_future(b.submit(item))
+    while not scorer.batches:
+        await asyncio.sleep(0.001)
+    return first
+
+
 def test_a_lone_request_is_scored_at_once_in_a_batch_of_one():
     scorer = Scorer()
 
@@ -54,9 +62,7 @@ def test_requests_arriving_while_a_batch_scores_form_the_next_batch_up_to_max_si
 
     async def go():
         b = Batcher(scorer, ThreadPoolExecutor(1), max_size=8, observe=observe)
-        first = asyncio.ensure_future(b.submit(0))
-        while not scorer.batches:          # the first batch is scoring (and held)
-            await asyncio.sleep(0.001)
+        first = await scoring(b, scorer, 0)
         rest = [asyncio.ensure_future(b.submit(i)) for i in range(1, 21)]
         await asyncio.sleep(0.01)
         scorer.release.set()
@@ -74,9 +80,7 @@ def test_a_bad_item_fails_only_its_own_caller_and_a_failed_batch_fails_each_call
 
     async def go():
         b = Batcher(scorer, ThreadPoolExecutor(1), max_size=8)
-        first = asyncio.ensure_future(b.submit(1))
-        while not scorer.batches:
-            await asyncio.sleep(0.001)
+        first = await scoring(b, scorer, 1)
         good, bad = asyncio.ensure_future(b.submit(2)), asyncio.ensure_future(b.submit("bad"))
         await asyncio.sleep(0.01)
         scorer.release.set()
@@ -99,9 +103,7 @@ def test_a_request_that_gave_up_is_not_scored():
 
     async def go():
         b = Batcher(scorer, ThreadPoolExecutor(1), max_size=8)
-        first = asyncio.ensure_future(b.submit(1))
-        while not scorer.batches:
-            await asyncio.sleep(0.001)
+        first = await scoring(b, scorer, 1)
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(b.submit(5), 0.01)      # times out while the scorer is held
         kept = asyncio.ensure_future(b.submit(6))

@@ -3,8 +3,9 @@
 Why not `@serve.batch`: Ray Serve's batcher forms the next batch as soon as the wait
 timeout passes, whether or not the previous batch has finished, and queues the formed
 batches behind a semaphore. With a CPU model that takes longer to score than the timeout,
-every batch is small: on the quickstart model under 32 concurrent clients its batches held
-1.6 sessions on average (BENCHMARKS.md), and one client paid the timeout on every request.
+every batch is small: on the quickstart model, over 3 s at one client and 3 s at 32
+clients, its batches held 1.56 sessions on average, and one client paid the timeout on
+every request (BENCHMARKS.md, "Third measurement").
 
 Here one loop owns the scorer. When it is free it takes every session waiting, up to
 `max_size`, and scores them together on the worker thread; the sessions that arrive

@@ -23,7 +23,8 @@ class ServeConfig:
     min_replicas: int = 1              # autoscaling: the fewest replicas
     max_replicas: int | None = None    # autoscaling: the most replicas (None: no autoscaling)
     target_ongoing_requests: float = 2.0   # autoscaling: requests in flight per replica it aims at
-    max_ongoing_requests: int = 32     # requests one replica holds at once (its batch comes from these)
+    max_ongoing_requests: int = 128    # requests one replica holds at once: its batches come from these, and
+                                       # its own queue is cheaper than the proxy's (BENCHMARKS.md, overload)
     max_queued_requests: int = 100     # requests waiting for a replica; beyond it 503 with Retry-After
     request_timeout_s: float = 10.0    # an answer not ready by then is a 503
     batching: bool = True              # sessions from concurrent requests are scored as one batch
