@@ -244,6 +244,13 @@ def start(run_dir: str, cfg: ServeConfig, address: str | None = None, blocking: 
                               "request_timeout_s": cfg.request_timeout_s + 5},   # ours answers first
                 logging_config={"enable_access_log": cfg.access_log,
                                 "log_level": "INFO" if cfg.access_log else "WARNING"})
+    if blocking:   # a container's stop (SIGTERM) ends the endpoint as Ctrl-C does, not with Ray's stack dump
+        import signal
+
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, interrupt)
     serve.run(endpoint(run_dir, cfg), name=APP, route_prefix="/", blocking=blocking)
 
 
