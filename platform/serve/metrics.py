@@ -80,17 +80,19 @@ class MetricsStore:
         for route, status, n in delta["requests"]:
             self.counts.requests[(route, status)] += n
         for route, h in delta["latency"].items():
-            mine = self.counts.latency.setdefault(route, [0] * (len(LATENCY_BUCKETS) + 2))
-            for i, v in enumerate(h):
-                mine[i] += v
+            add_into(self.counts.latency.setdefault(route, [0] * (len(LATENCY_BUCKETS) + 2)), h)
         for name in ("batches", "queued", "scored"):
-            mine = getattr(self.counts, name)
-            for i, v in enumerate(delta[name]):
-                mine[i] += v
+            add_into(getattr(self.counts, name), delta[name])
         self.version = version or self.version
 
     def text(self) -> str:
         return prometheus_text(self.counts, self.version)
+
+
+def add_into(mine: list, delta: list) -> None:
+    """One histogram's counts (and sum) added onto another's."""
+    for i, v in enumerate(delta):
+        mine[i] += v
 
 
 def prometheus_text(c: Counts, version: str) -> str:
