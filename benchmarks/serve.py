@@ -10,8 +10,8 @@ One run measures, on the same model and the same real held-out sessions:
      request body: the framework's own floor here;
 each under a closed loop (C concurrent clients with keep-alive connections) and an open
 loop (fixed arrival rates; latency counted from the scheduled send, so a slow server is
-not hidden by clients that wait). Then overload: a queue limit, offered far above
-saturation. Prints the tables, writes serve.png (latency against throughput) and a JSON
+not hidden by clients that wait). Then overload, offered far above saturation, with the
+replica shedding (the defaults) and with Serve's proxy shedding. Prints the tables, writes serve.png (latency against throughput) and a JSON
 line. The models, trained on `rayrec synth` events: the quickstart's (GPT-2 CLM, item
 and time) and the REES46 tutorial's XLNet-MLM with side features (d_model 192). In the
 endpoint tables, the replica's own histograms split its time: the handler, the wait for
@@ -150,9 +150,10 @@ def closed_loop(port: int, bodies: list[bytes], clients: int, seconds: float) ->
 
 
 def open_loop(port: int, bodies: list[bytes], rate: float, seconds: float, workers: int = 96) -> dict:
-    """Requests sent at fixed times (rate per second); latency from the scheduled time."""
+    """Requests sent at fixed times (rate per second); latency from the scheduled time, and
+    (`sent_p50`, `sent_p99`) from the actual send, which is later when every worker is busy."""
     todo: queue.Queue = queue.Queue()
-    lat, codes, lock = [], [], threading.Lock()
+    lat, from_send, codes, lock = [], [], [], threading.Lock()
 
     def run():
         c = Client(port)
@@ -164,11 +165,13 @@ def open_loop(port: int, bodies: list[bytes], rate: float, seconds: float, worke
             delay = when - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
+            sent = time.perf_counter()
             status = c.post(body)
             with lock:
                 codes.append(status)
                 if status == 200:
                     lat.append(time.perf_counter() - when)
+                    from_send.append(time.perf_counter() - sent)
 
     threads = [threading.Thread(target=run) for _ in range(workers)]
     for t in threads:
@@ -181,7 +184,9 @@ def open_loop(port: int, bodies: list[bytes], rate: float, seconds: float, worke
         todo.put(None)
     for t in threads:
         t.join()
-    return summary(f"open {rate:g}/s", lat, codes, time.perf_counter() - began)
+    sent = percentiles(from_send)
+    return summary(f"open {rate:g}/s", lat, codes, time.perf_counter() - began) | {"sent_p50": sent["p50"],
+                                                                                   "sent_p99": sent["p99"]}
 
 
 def summary(load: str, lat: list, codes: list, wall: float) -> dict:
@@ -225,7 +230,7 @@ def endpoint_runs(run: str, sessions: list, batching: bool, seconds: float) -> l
 
     port = free_port()
     start(run, ServeConfig(port=port, batching=batching, max_batch_size=32, max_ongoing_requests=64,
-                           max_queued_requests=-1, threads=1))
+                           max_queued_requests=-1, max_waiting_sessions=None, threads=1))   # capacity, no shedding
     bodies = [json.dumps({"events": s, "k": 10}).encode() for s in sessions]
     rows = []
     try:
@@ -280,21 +285,33 @@ def framework_floor(sessions: list, seconds: float, read_body: bool) -> list[dic
         serve.shutdown()
 
 
+SHEDDING = {   # who refuses past the limit -> the settings
+    "replica (defaults)": {},
+    "proxy": {"max_ongoing_requests": 128, "max_queued_requests": 16, "max_waiting_sessions": None},
+}
+
+
 def overload(run: str, sessions: list, seconds: float, clients: int) -> list[dict]:
     """Offered far above saturation (open loop, 400 and 800 requests/s from up to `clients`
-    connections, a refusal not retried) against a queue limit: what is refused, and the
-    latency of the rest."""
+    connections, a refusal not retried), once with the defaults (the replica sheds what
+    its scorer cannot take soon, `max_waiting_sessions`) and once with Serve's proxy
+    holding requests back past `max_ongoing_requests` and refusing past its queue: what
+    is refused, and the latency of the rest."""
     from rayrec.quickstart import free_port
     from rayrec.serve.app import ServeConfig, start, stop
 
-    port = free_port()
-    start(run, ServeConfig(port=port, max_queued_requests=16, threads=1))
     bodies = [json.dumps({"events": s, "k": 10}).encode() for s in sessions]
-    try:
-        closed_loop(port, bodies, 4, 1.0)   # warm-up
-        return [open_loop(port, bodies, rate, seconds, workers=clients) for rate in (400, 800)]
-    finally:
-        stop()
+    rows = []
+    for label, settings in SHEDDING.items():
+        port = free_port()
+        start(run, ServeConfig(port=port, threads=1, **settings))
+        try:
+            closed_loop(port, bodies, 4, 1.0)   # warm-up
+            rows += [open_loop(port, bodies, rate, seconds, workers=clients) | {"sheds": label, **settings}
+                     for rate in (400, 800)]
+        finally:
+            stop()
+    return rows
 
 
 def plot(tables: dict, path: str) -> None:
@@ -351,7 +368,7 @@ def main() -> None:
     p.add_argument("--out", help="directory for serve.png and the models (default: a temporary one)")
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
     p.add_argument("--overload-clients", type=int, default=512,
-                   help="connections of the overload run (above max_ongoing_requests + max_queued_requests)")
+                   help="connections of the overload run (far above what the limits hold)")
     p.add_argument("--only", choices=["floors,overload"], help="skip the endpoints' load tables")
     a = p.parse_args()
     work = a.out or tempfile.mkdtemp(prefix="rayrec-serve-bench-")
@@ -377,9 +394,10 @@ def main() -> None:
     run, sessions = next(iter(built.values()))
     over = overload(run, sessions, a.seconds, a.overload_clients)
     for o in over:
-        print(f"overload ({o['load']}, {a.overload_clients} clients, max_ongoing_requests 128, max_queued_requests 16): {o['ok']} answered at "
+        print(f"overload, {o['sheds']} sheds ({o['load']}, {a.overload_clients} clients): {o['ok']} answered at "
               f"{o['throughput']:.0f}/s, refused {o['errors']}; accepted p50 {o['p50']:.1f} ms, p99 {o['p99']:.1f} ms "
-              f"({o['p99'] / o['p50']:.1f}x p50)")
+              f"({o['p99'] / o['p50']:.1f}x p50); from the actual send p50 {o['sent_p50']:.1f} ms, p99 "
+              f"{o['sent_p99']:.1f} ms")
     png = os.path.join(work, "serve.png")
     if results:
         plot({f"{m}, {mode}": rows for m, r in results.items() for mode, rows in r["tables"].items()}, png)

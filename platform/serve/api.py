@@ -84,7 +84,7 @@ class ClientError(Exception):
 
 # set by the replica once its model is loaded: errors raised before a route runs (FastAPI's
 # validation, the body limit) carry the version and are counted too
-HOOKS: dict = {"version": "", "count": None}
+HOOKS: dict = {"version": "", "count": None, "busy": None, "retry_after_s": 1}
 
 
 def error(status: int, message: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
@@ -160,7 +160,30 @@ def new_api() -> FastAPI:
     api.add_exception_handler(StarletteHTTPException, http_error)
     api.add_exception_handler(RecursionError, too_deep)
     api.add_middleware(BodyLimit)
+    api.add_middleware(Admission)      # added last, so it runs first: a refusal reads no body
     return api
+
+
+class Admission:
+    """ASGI middleware: while the replica's scorer has more sessions waiting than it may
+    hold (`HOOKS["busy"]` says why), a POST is answered 503 with Retry-After at once,
+    before its body is read or parsed. Refusing here, in the replica, is cheap; holding a
+    request back in Serve's proxy is not (its queue-length probes back off on busy cores,
+    BENCHMARKS.md), so the replica takes all it is sent and sheds the excess itself."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        busy = HOOKS["busy"]
+        if scope["type"] == "http" and scope.get("method") == "POST" and busy is not None:
+            reason = busy()
+            if reason:
+                response = error(503, reason, None, {"Retry-After": str(HOOKS["retry_after_s"])})
+                if HOOKS["count"] is not None:
+                    HOOKS["count"](scope.get("path", ""), 503)
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 class BodyLimit:

@@ -77,6 +77,10 @@ class Endpoint:
         self.hooks = api_module.HOOKS
         self.hooks["version"] = self.version
         self.hooks["count"] = lambda route, status: self.metrics.counts.request(route, status, 0.0)
+        self.hooks["retry_after_s"] = cfg.retry_after_s
+        self.batch_waiting = 0     # sessions of /recommend/batch requests waiting for the scorer
+        if cfg.max_waiting_sessions is not None:
+            self.hooks["busy"] = self.busy
         if cfg.watch:
             threading.Thread(target=self.watch, args=(cfg.watch, cfg.watch_interval_s), daemon=True,
                              name="rayrec-watch").start()
@@ -116,10 +120,22 @@ class Endpoint:
         if len(queries) == 1:
             return [await self.batcher.submit(queries[0])]
         queued = time.perf_counter()
-        started, results, seconds = await asyncio.get_running_loop().run_in_executor(self.pool, timed, self.answer,
-                                                                                     queries)
+        self.batch_waiting += len(queries)
+        try:
+            started, results, seconds = await asyncio.get_running_loop().run_in_executor(self.pool, timed,
+                                                                                         self.answer, queries)
+        finally:
+            self.batch_waiting -= len(queries)
         self.observe([started - queued] * len(queries), seconds)
         return results
+
+    def busy(self) -> str | None:
+        """Why a new request is refused now, if it is: the scorer already has more sessions
+        waiting than `max_waiting_sessions`, so a new one would wait past what it should."""
+        waiting = len(self.batcher.waiting) + self.batch_waiting
+        if waiting >= self.cfg.max_waiting_sessions:
+            return f"overloaded: {waiting} sessions wait for this replica's scorer; retry later"
+        return None
 
     def observe(self, waits: list[float], seconds: float) -> None:
         self.metrics.counts.batch(waits, seconds)

@@ -23,9 +23,12 @@ class ServeConfig:
     min_replicas: int = 1              # autoscaling: the fewest replicas
     max_replicas: int | None = None    # autoscaling: the most replicas (None: no autoscaling)
     target_ongoing_requests: float = 2.0   # autoscaling: requests in flight per replica it aims at
-    max_ongoing_requests: int = 128    # requests one replica holds at once: its batches come from these, and
-                                       # its own queue is cheaper than the proxy's (BENCHMARKS.md, overload)
+    max_ongoing_requests: int = 1024   # requests one replica holds at once: it takes what it is sent and
+                                       # sheds the excess itself (max_waiting_sessions), which is cheaper
+                                       # than the proxy holding requests back (BENCHMARKS.md, overload)
     max_queued_requests: int = 100     # requests waiting for a replica; beyond it 503 with Retry-After
+    max_waiting_sessions: int | None = 64  # sessions waiting for one replica's scorer; beyond it the
+                                       # replica answers 503 with Retry-After at once (None: no limit)
     request_timeout_s: float = 10.0    # an answer not ready by then is a 503
     batching: bool = True              # sessions from concurrent requests are scored as one batch
     max_batch_size: int = 32           # sessions per batch
@@ -49,6 +52,10 @@ class ServeConfig:
                 raise ValueError(f"serve.{name} must be an integer >= 1; got {value!r}")
         if not 0 < self.port < 65536:
             raise ValueError(f"serve.port must lie in 1..65535; got {self.port}")
+        if self.max_waiting_sessions is not None and (isinstance(self.max_waiting_sessions, bool) or not isinstance(
+                self.max_waiting_sessions, int) or self.max_waiting_sessions < 1):
+            raise ValueError(f"serve.max_waiting_sessions must be an integer >= 1 or null; got "
+                             f"{self.max_waiting_sessions!r}")
         if self.max_replicas is not None and self.max_replicas < self.min_replicas:
             raise ValueError(f"serve.max_replicas ({self.max_replicas}) must be >= serve.min_replicas "
                              f"({self.min_replicas})")
