@@ -13,19 +13,10 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
+from rayrec.etl.columns import pad_ragged  # noqa: F401  (numpy only: the Triton workflow model pads with it)
+
 Batch = dict[str, np.ndarray]
 PAD = 0
-
-
-def pad_ragged(offsets: np.ndarray, values: np.ndarray, width: int) -> np.ndarray:
-    """Rows values[offsets[i]:offsets[i+1]], last `width` of each, right-padded with 0."""
-    lengths = np.minimum(np.diff(offsets), width)
-    starts = offsets[1:] - lengths
-    out = np.zeros((len(lengths), width), dtype=values.dtype)
-    cols = np.arange(width)[None, :]
-    take = cols < lengths[:, None]
-    out[take] = values[(starts[:, None] + cols)[take]]
-    return out
 
 
 def list_lengths(column: pa.ChunkedArray | pa.Array) -> np.ndarray:

@@ -28,6 +28,42 @@ class TopKGraph(nn.Module):
         return codes, scores
 
 
+class RequestTopKGraph(nn.Module):
+    """The graph a server runs for requests that choose their own rules: the top `max_k`
+    of each session, with `exclude_seen` an input ([batch] bool: that row's own items are
+    never returned). A request's smaller k is a slice of these, taken after the graph."""
+
+    def __init__(self, model: SessionModel, max_k: int, chunk: int = 65536):
+        super().__init__()
+        self.model = model.eval()
+        self.names = [f.name for f in model.features]
+        self.max_k, self.chunk = max_k, chunk
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        *columns, exclude_seen = inputs
+        m = self.model
+        batch = m.prepare(dict(zip(self.names, columns)))
+        banned = batch[m.item_col] * exclude_seen.to(torch.int64)[:, None]     # 0 bans nothing
+        scores, codes = m.next_item.topk(m.next_item_hidden(batch), self.max_k, banned, self.chunk)
+        return codes, scores
+
+
+def export_onnx_for_requests(model: SessionModel, path: str, max_k: int, opset: int = 17) -> str:
+    """`RequestTopKGraph` as ONNX: inputs the features and `exclude_seen`, outputs
+    `item_codes` [batch, min(max_k, catalogue)] int64 and `scores` float32, best first."""
+    graph = RequestTopKGraph(model, max_k)
+    names = graph.names + ["exclude_seen"]
+    example = example_inputs(model) + (torch.tensor([False, True]),)
+    dynamic = {n: {0: "batch"} for n in names} | {"item_codes": {0: "batch"}, "scores": {0: "batch"}}
+
+    def write(tmp: str) -> None:
+        with torch.no_grad():
+            torch.onnx.export(graph, example, tmp, input_names=names, output_names=["item_codes", "scores"],
+                              dynamic_axes=dynamic, opset_version=opset, dynamo=False)
+    _atomic(path, write)
+    return path
+
+
 def example_inputs(model: SessionModel, batch_size: int = 2) -> tuple[torch.Tensor, ...]:
     """Valid inputs of the graph's shapes and dtypes (a few items per session)."""
     g = torch.Generator().manual_seed(0)

@@ -20,12 +20,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from rayrec.etl.columns import Ragged
 from rayrec.etl.workflow import Workflow
 from rayrec.files import require_complete
-from rayrec.models.batch import pad_ragged
 from rayrec.models.checkpoint import load_model
 from rayrec.schema import Schema
+from rayrec.serve.encoding import FeatureSpec, encode_session, pad_rows
 from rayrec.serve.scoring import Scorer, TorchScorer
 from rayrec.storage import is_uri, locate
 
@@ -51,6 +50,7 @@ class Recommender:
         self.encoder = self.workflow.categorify_for(self.vocab)
         self.model = load_model(os.path.join(run_dir, "checkpoint"))
         self.scorer: Scorer = TorchScorer(self.model)
+        self.features = feature_specs(self.model)
         self.version = model_version(run_dir)
         if self.model.n_items != self.encoder.cardinality(self.vocab):
             raise ValueError(f"{run_dir}: the model has {self.model.n_items} item rows but the workflow "
@@ -69,33 +69,11 @@ class Recommender:
     # --- encode: raw events -> the model's inputs ----------------------------------------
     def encode_session(self, events: list[dict]) -> dict[str, np.ndarray]:
         """One session's raw events -> its feature arrays, unpadded (the workflow online)."""
-        frame = self.workflow.transform_events(events)
-        item = frame[self.item_col]
-        if not isinstance(item, Ragged) or len(item) != 1:
-            raise ValueError(f"events: expected the events of one session, got {len(item)} sessions")
-        row = {}
-        for f in self.model.features:
-            if f.name not in frame:
-                raise ValueError(f"the workflow does not produce model feature {f.name!r}")
-            col, dtype = frame[f.name], np.int64 if f.kind == "categorical" else np.float32
-            if f.is_list:
-                row[f.name] = np.asarray(col.values[col.offsets[0]:col.offsets[1]], dtype=dtype)
-            else:
-                row[f.name] = np.asarray(col, dtype=dtype)[:1]
-        return row
+        return encode_session(self.workflow, self.features, self.item_col, events)
 
     def collate(self, rows: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
         """Sessions' feature arrays -> one right-padded batch."""
-        batch = {}
-        for f in self.model.features:
-            parts = [r[f.name] for r in rows]
-            if f.is_list:
-                lengths = np.array([len(p) for p in parts])
-                offsets = np.concatenate([[0], np.cumsum(lengths)])
-                batch[f.name] = torch.from_numpy(pad_ragged(offsets, np.concatenate(parts), max(lengths.max(), 1)))
-            else:
-                batch[f.name] = torch.from_numpy(np.concatenate(parts))
-        return batch
+        return {name: torch.from_numpy(a) for name, a in pad_rows(self.features, rows).items()}
 
     def encode(self, events: list[dict]) -> dict[str, torch.Tensor]:
         """The model's input batch (one row) for one session's raw events."""
@@ -152,6 +130,10 @@ class Recommender:
                   exclude: list | None = None) -> tuple[list, list[float]]:
         """Top-k next items for a session given as raw events (unknown ids count as OOV)."""
         return self.recommend_many([Query(events, k, exclude_seen, include, exclude)])[0]
+
+
+def feature_specs(model) -> list[FeatureSpec]:
+    return [FeatureSpec(f.name, bool(f.is_list), f.kind == "categorical") for f in model.features]
 
 
 @dataclass
