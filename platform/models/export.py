@@ -30,8 +30,9 @@ class TopKGraph(nn.Module):
 
 class RequestTopKGraph(nn.Module):
     """The graph a server runs for requests that choose their own rules: the top `max_k`
-    of each session, with `exclude_seen` an input ([batch] bool: that row's own items are
-    never returned). A request's smaller k is a slice of these, taken after the graph."""
+    of each session. `seen` [batch, S] holds every item code of the session (0 pads), not
+    only the latest max_len the model reads, and `exclude_seen` [batch] bool says whose
+    are never returned. A request's smaller k is a slice of these, taken after the graph."""
 
     def __init__(self, model: SessionModel, max_k: int, chunk: int = 65536):
         super().__init__()
@@ -40,24 +41,29 @@ class RequestTopKGraph(nn.Module):
         self.max_k, self.chunk = max_k, chunk
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        *columns, exclude_seen = inputs
+        *columns, seen, exclude_seen = inputs
         m = self.model
         batch = m.prepare(dict(zip(self.names, columns)))
-        banned = batch[m.item_col] * exclude_seen.to(torch.int64)[:, None]     # 0 bans nothing
+        banned = seen * exclude_seen.to(torch.int64)[:, None]     # code 0 bans nothing
         scores, codes = m.next_item.topk(m.next_item_hidden(batch), self.max_k, banned, self.chunk)
         return codes, scores
 
 
 def export_onnx_for_requests(model: SessionModel, path: str, max_k: int, opset: int = 17) -> str:
-    """`RequestTopKGraph` as ONNX: inputs the features and `exclude_seen`, outputs
+    """`RequestTopKGraph` as ONNX: inputs the features, `seen` and `exclude_seen`; outputs
     `item_codes` [batch, min(max_k, catalogue)] int64 and `scores` float32, best first."""
+    import warnings
+
     graph = RequestTopKGraph(model, max_k)
-    names = graph.names + ["exclude_seen"]
-    example = example_inputs(model) + (torch.tensor([False, True]),)
-    dynamic = {n: {0: "batch"} for n in names} | {"item_codes": {0: "batch"}, "scores": {0: "batch"}}
+    names = graph.names + ["seen", "exclude_seen"]
+    example = example_inputs(model)
+    example = example + (example[0].clone(), torch.tensor([False, True]))
+    dynamic = {n: {0: "batch"} for n in names} | {"seen": {0: "batch", 1: "events"}} | \
+        {"item_codes": {0: "batch"}, "scores": {0: "batch"}}
 
     def write(tmp: str) -> None:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")    # the tracer's notes on shapes that are fixed here by design
             torch.onnx.export(graph, example, tmp, input_names=names, output_names=["item_codes", "scores"],
                               dynamic_axes=dynamic, opset_version=opset, dynamo=False)
     _atomic(path, write)
