@@ -2,7 +2,7 @@
 item ids out, the same call as the in-process `Recommender.recommend`.
 
 It builds the ensemble's padded inputs from the events (one tensor per raw field, the
-types the server's config declares) and trims each answer to its k and its finite
+types the server's config declares; a missing value is an empty string or a NaN) and trims each answer to its k and its finite
 scores, as the Recommender does. HTTP or gRPC, on tritonclient.
 """
 from __future__ import annotations
@@ -53,9 +53,14 @@ class TritonRecommender:
                 a = np.full((n, width), b"", dtype=object)
                 for i, row in enumerate(rows):
                     a[i, :len(row)] = [str(v).encode() if v is not None else b"" for v in row]
-            else:
+            else:   # a missing value: NaN where the type has one
                 a = np.zeros((n, width), dtype=NUMPY[datatype])
                 for i, row in enumerate(rows):
+                    if any(v is None for v in row):
+                        if not datatype.startswith("FP"):
+                            raise ValueError(f"events: field {field!r} is missing in session {i}; an "
+                                             f"{datatype} field needs a value in every event")
+                        row = [np.nan if v is None else v for v in row]
                     a[i, :len(row)] = row
             arrays[field] = a
         arrays["lengths"] = np.array([[len(s)] for s in sessions], dtype=np.int32)

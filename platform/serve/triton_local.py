@@ -89,9 +89,10 @@ class LocalTriton:
                 self.process.wait()
 
 
-def start(repo: str, models: list[str], timeout_s: float = 120.0, env: dict | None = None) -> LocalTriton:
-    """tritonserver on `repo`, every model of `models` loaded (explicit control mode),
-    on free 127.0.0.1 ports; its output goes to repo/../NAME.log."""
+def start(repo: str | list[str], models: list[str], timeout_s: float = 120.0, env: dict | None = None) -> LocalTriton:
+    """tritonserver on `repo` (or several), every model of `models` loaded (explicit
+    control mode), on free 127.0.0.1 ports; its output goes to REPO.tritonserver.log."""
+    repos = [repo] if isinstance(repo, str) else list(repo)
     venv = server_venv()
     site = sysconfig.get_path("purelib", vars={"base": venv, "platbase": venv})
     triton = os.path.join(site, "pytriton", "tritonserver")
@@ -112,8 +113,8 @@ def start(repo: str, models: list[str], timeout_s: float = 120.0, env: dict | No
     run_env["LD_LIBRARY_PATH"] = os.pathsep.join(libs + [run_env.get("LD_LIBRARY_PATH", "")])
     run_env.pop("PYTHONPATH", None)
     http, grpc = free_port(), free_port()
-    log = os.path.abspath(repo.rstrip("/")) + ".tritonserver.log"
-    cmd = [os.path.join(triton, "bin", "tritonserver"), f"--model-repository={repo}",
+    log = os.path.abspath(repos[0].rstrip("/")) + ".tritonserver.log"
+    cmd = [os.path.join(triton, "bin", "tritonserver"), *[f"--model-repository={r}" for r in repos],
            f"--backend-directory={backends}", "--model-control-mode=explicit",
            *[f"--load-model={m}" for m in models],
            "--http-address=127.0.0.1", f"--http-port={http}", "--grpc-address=127.0.0.1", f"--grpc-port={grpc}",

@@ -64,6 +64,11 @@ def raw_inputs(rec) -> list[tuple[str, str]]:
     return out
 
 
+def model_names(name: str) -> list[str]:
+    """The repository's models, in the order they load (the ensemble last)."""
+    return [f"{name}_workflow", f"{name}_model", f"{name}_decode", name]
+
+
 def export_triton(run_dir: str, out: str, opts: TritonExport) -> str:
     """Write the repository for `run_dir` at `out` (which must not exist)."""
     from rayrec.models.export import export_onnx_for_requests

@@ -11,7 +11,12 @@ from rayrec.serve.encoding import FeatureSpec, encode_session, pad_rows
 
 
 def value(x):
-    return x.decode("utf-8") if isinstance(x, bytes) else x.item() if hasattr(x, "item") else x
+    """A tensor element as the event's JSON value: an empty string or a NaN is a missing
+    value (null), as the client writes one."""
+    if isinstance(x, bytes):
+        return x.decode("utf-8") if x else None
+    x = x.item() if hasattr(x, "item") else x
+    return None if isinstance(x, float) and x != x else x
 
 
 def time_value(x):
