@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from rayrec.cli_triton import add_triton_parsers
 from rayrec.cli_tune import add_tune_parser
 from rayrec.raylocal import use_loopback
 
@@ -370,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
         j.add_argument("--address", help="the cluster's dashboard URL (default RAY_ADDRESS)")
         j.set_defaults(func=cmd_jobs)
 
+    add_triton_parsers(sub)
     q = sub.add_parser("quickstart", help="synth -> etl -> train (2 Ray workers) -> evaluate -> serve one request")
     q.add_argument("--out", default="quickstart-out", help="working directory (replaced)")
     q.add_argument("--events", type=int, default=200_000)

@@ -201,3 +201,23 @@ def test_the_export_refuses_what_it_cannot_serve_and_writes_atomically(served_ru
         export_triton(run, out, TritonExport())
     with pytest.raises(ValueError, match="--model-backend"):
         TritonExport(model_backend="tensorrt")
+
+
+def test_the_cli_exports_and_queries(triton, tmp_path, capsys):
+    import json
+
+    from rayrec.cli import main
+
+    server, runs = triton
+    run, sessions = runs["gpt"]
+    assert main(["export", "triton", "--run", run, "--out", str(tmp_path / "repo"), "--name", "cli",
+                 "--model-backend", "python", "--max-k", "20"]) == 0
+    assert "Triton repository written" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path / "repo")) == sorted(model_names("cli") + ["README.md"])
+    (tmp_path / "s.json").write_text(json.dumps(sessions[7]))
+    assert main(["query", "--triton", server.http_url, "--name", "gpt", "--events", str(tmp_path / "s.json"),
+                 "--k", "4", "--protocol", "http"]) == 0
+    assert json.loads(capsys.readouterr().out)["items"] == Recommender(run).recommend(sessions[7], 4)[0]
+    assert main(["query", "--triton", server.http_url, "--name", "gpt", "--events", str(tmp_path / "s.json"),
+                 "--k", "500"]) == 2
+    assert "k must lie in 1..100" in capsys.readouterr().err
