@@ -109,14 +109,15 @@ def floor(run: str, sessions: list, n: int = 2000) -> dict:
 
 
 class Client:
-    """One keep-alive HTTP connection."""
+    """One keep-alive HTTP connection, posting to `path`."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, path: str = "/recommend"):
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        self.path = path
 
     def post(self, body: bytes) -> int:
         try:
-            self.conn.request("POST", "/recommend", body, {"Content-Type": "application/json"})
+            self.conn.request("POST", self.path, body, {"Content-Type": "application/json"})
             r = self.conn.getresponse()
             r.read()
             return r.status
@@ -125,11 +126,11 @@ class Client:
             return 0
 
 
-def closed_loop(port: int, bodies: list[bytes], clients: int, seconds: float) -> dict:
+def closed_loop(port: int, bodies: list[bytes], clients: int, seconds: float, path: str = "/recommend") -> dict:
     lat, codes, lock, stop = [], [], threading.Lock(), time.perf_counter() + seconds
 
     def run(i):
-        c, j = Client(port), i
+        c, j = Client(port, path), i
         while time.perf_counter() < stop:
             t = time.perf_counter()
             status = c.post(bodies[j % len(bodies)])
@@ -149,14 +150,15 @@ def closed_loop(port: int, bodies: list[bytes], clients: int, seconds: float) ->
     return summary(f"closed {clients}", lat, codes, time.perf_counter() - began)
 
 
-def open_loop(port: int, bodies: list[bytes], rate: float, seconds: float, workers: int = 96) -> dict:
+def open_loop(port: int, bodies: list[bytes], rate: float, seconds: float, workers: int = 96,
+              path: str = "/recommend") -> dict:
     """Requests sent at fixed times (rate per second); latency from the scheduled time, and
     (`sent_p50`, `sent_p99`) from the actual send, which is later when every worker is busy."""
     todo: queue.Queue = queue.Queue()
     lat, from_send, codes, lock = [], [], [], threading.Lock()
 
     def run():
-        c = Client(port)
+        c = Client(port, path)
         while True:
             item = todo.get()
             if item is None:
