@@ -113,10 +113,23 @@ def cmd_train(a) -> int:
     return 0
 
 
+def _threads(text: str):
+    """A --threads value: auto or a number."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a number of threads, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected auto or a number >= 1, got {value}")
+    return value
+
+
 def cmd_evaluate(a) -> None:
     from rayrec.train.evaluate import evaluate_run, format_evaluation
 
-    result = evaluate_run(a.run, a.data, a.days, a.split)
+    result = evaluate_run(a.run, a.data, a.days, a.split, a.threads)
     print(format_evaluation(result))
     if a.json:
         print(json.dumps(result))
@@ -146,7 +159,8 @@ def cmd_serve(a) -> None:
         print(f"serving {a.run} on the cluster at {a.address}: http://{cfg.host}:{cfg.port} ({routes}); "
               "`rayrec serve --stop --address ...` removes it")
         return
-    print(f"serving {a.run} on http://{cfg.host}:{cfg.port} ({routes}); Ctrl-C stops")
+    print(f"serving {a.run} on http://{cfg.host}:{cfg.port} ({routes}), {cfg.replica_threads()} torch thread(s) "
+          "per replica; Ctrl-C stops")
     start(a.run, cfg, blocking=True)
 
 
@@ -323,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--days", help="A:B or A (default: the day after the last training day)")
     v.add_argument("--split", default="test", choices=["train", "valid", "test"])
     v.add_argument("--json", action="store_true", help="also print the result as JSON")
+    v.add_argument("--threads", type=_threads, default="auto", help="torch threads (default auto: every usable core)")
     v.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("serve", help="HTTP endpoint on Ray Serve: POST /recommend, /recommend/batch; "
@@ -333,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--port", type=int, help="port (default 8000)")
     r.add_argument("--max-events", type=int, help="events per session before 413 (default 1000)")
     r.add_argument("--replicas", type=int, help="replicas (default 1; serve.max_replicas turns autoscaling on)")
-    r.add_argument("--threads", type=int, help="torch threads per replica (default 1)")
+    r.add_argument("--threads", type=_threads, help="torch threads per replica (default auto: the node's usable "
+                   "cores split between the replicas)")
     r.add_argument("--max-batch-size", type=int, help="sessions scored together (default 32)")
     r.add_argument("--no-batching", action="store_true", help="score each request alone")
     r.add_argument("--address", help="deploy onto this running Ray cluster and return (detached)")

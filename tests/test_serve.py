@@ -79,6 +79,9 @@ def test_readyz_names_the_version_and_openapi_documents_the_routes(endpoint):
     status, headers, ready = call(base + "/readyz")
     assert status == 200 and ready["version"] == rec.version and ready["items"] == rec.catalogue_size
     assert rec.version.startswith("run:days 1-1:")
+    from rayrec.serve.config import ServeConfig
+
+    assert ready["threads"] == ServeConfig(**ROOMY).replica_threads()      # auto: the cores split by 2 replicas
     assert call(base + "/healthz")[:2][0] == 200
     status, _, spec = call(base + "/openapi.json")
     assert status == 200 and {"/recommend", "/recommend/batch", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])

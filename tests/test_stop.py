@@ -19,7 +19,10 @@ COMMON = ["--workers", "0", "--epochs", "3", "--seed", "11", "--arch", "gpt2", "
 def test_sigterm_keeps_the_checkpoint_and_resume_finishes_the_run(etl_dir, tmp_path):
     from rayrec.cli import main
 
-    assert main(["train", "--data", etl_dir, *COMMON, "--out", str(tmp_path / "whole")]) == 0
+    # the uninterrupted run in a fresh process too: settings other tests left in this one
+    # (torch's) must not make the two runs differ
+    subprocess.run([RAYREC, "train", "--data", etl_dir, *COMMON, "--out", str(tmp_path / "whole")], check=True,
+                   capture_output=True)
     proc = subprocess.Popen([RAYREC, "train", "--data", etl_dir, *COMMON, "--out", str(tmp_path / "part")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     pattern = str(tmp_path / ".part.tmp-*" / "scratch" / "*-day-002-epoch-*" / "progress.json")

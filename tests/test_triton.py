@@ -102,22 +102,26 @@ def test_the_ensemble_answers_what_the_recommender_answers(triton, name, protoco
         client.close()
 
 
-def test_unknown_ids_are_out_of_vocabulary_as_in_process(triton):
+@pytest.fixture
+def gpt(triton):
+    """An HTTP client of the GPT-2 ensemble, the Recommender of its run and its sessions."""
     from rayrec.serve.triton import TritonRecommender
 
     server, runs = triton
     run, sessions = runs["gpt"]
-    rec = Recommender(run)
     client = TritonRecommender(server.http_url, "gpt")
+    yield client, Recommender(run), sessions
+    client.close()
+
+
+def test_unknown_ids_are_out_of_vocabulary_as_in_process(gpt):
+    client, rec, sessions = gpt
     events = [dict(e, product_id=10**12 + i) for i, e in enumerate(sessions[3])] + sessions[4]
-    try:
-        (items, scores), (want_items, want_scores) = client.recommend(events, 10), rec.recommend(events, 10)
-        assert items == want_items
-        np.testing.assert_allclose(scores, want_scores, atol=1e-4)
-        only_unknown = [dict(e, product_id=10**12 + i) for i, e in enumerate(sessions[5])]
-        assert client.recommend(only_unknown, 5)[0] == rec.recommend(only_unknown, 5)[0]
-    finally:
-        client.close()
+    (items, scores), (want_items, want_scores) = client.recommend(events, 10), rec.recommend(events, 10)
+    assert items == want_items
+    np.testing.assert_allclose(scores, want_scores, atol=1e-4)
+    only_unknown = [dict(e, product_id=10**12 + i) for i, e in enumerate(sessions[5])]
+    assert client.recommend(only_unknown, 5)[0] == rec.recommend(only_unknown, 5)[0]
 
 
 def raw_infer(url: str, name: str, arrays: dict, types: dict):
@@ -135,14 +139,11 @@ def raw_infer(url: str, name: str, arrays: dict, types: dict):
         client.close()
 
 
-def test_bad_requests_are_error_responses_and_the_server_stays_up(triton):
+def test_bad_requests_are_error_responses_and_the_server_stays_up(triton, gpt):
     from tritonclient.utils import InferenceServerException
 
-    from rayrec.serve.triton import TritonRecommender
-
-    server, runs = triton
-    run, sessions = runs["gpt"]
-    rec = Recommender(run)
+    server = triton[0]
+    client, rec, sessions = gpt
     good = {"event_time": np.array([[b"2019-10-02 10:00:00 UTC", b"2019-10-02 10:01:00 UTC"]], dtype=object),
             "product_id": np.array([[sessions[0][0]["product_id"], sessions[0][1]["product_id"]]], dtype=np.int64),
             "lengths": np.array([[2]], dtype=np.int32), "k": np.array([[5]], dtype=np.int32),
@@ -164,11 +165,7 @@ def test_bad_requests_are_error_responses_and_the_server_stays_up(triton):
         with pytest.raises(InferenceServerException) as err:
             raw_infer(server.http_url, "gpt", arrays, dtypes)
         assert says in str(err.value), (case, str(err.value))
-    client = TritonRecommender(server.http_url, "gpt")
-    try:        # alive, and as right as before
-        assert client.recommend(sessions[0], 10)[0] == rec.recommend(sessions[0], 10)[0]
-    finally:
-        client.close()
+    assert client.recommend(sessions[0], 10)[0] == rec.recommend(sessions[0], 10)[0]   # alive, and as right
     assert server.process.poll() is None
 
 

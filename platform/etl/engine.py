@@ -59,7 +59,9 @@ def dask_client(scheduler: str | None = None, device: str = "cpu", workers: int 
         with dask.config.set({"logging.distributed": "error"}), dask_on_ray(address) as client:
             yield client
         return
-    n = workers or os.cpu_count() or 1
+    from rayrec.threads import usable_cores
+
+    n = workers or usable_cores()
     with dask.config.set({"distributed.worker.daemon": False, "logging.distributed": "error"}):
         with LocalCluster(n_workers=1, threads_per_worker=n, processes=False,
                           dashboard_address=None, silence_logs=40) as cluster, Client(cluster) as client:

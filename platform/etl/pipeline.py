@@ -152,7 +152,9 @@ def run_etl(inputs: list[str], out: str, config: EtlConfig, workflow: Workflow, 
     total = sum(sizes[f] * (4 if display(f).endswith((".parquet", ".pq")) else 1) for f in files)
     with output_location(out, overwrite=overwrite) as root, \
             dask_client(config.scheduler, config.device, config.workers, address) as client:
-        slots = sum(w["nthreads"] for w in client.scheduler_info()["workers"].values())
+        workers = client.scheduler_info()["workers"]
+        slots = sum(w["nthreads"] for w in workers.values())
+        progress(f"on {len(workers)} Dask worker(s), {slots} thread(s) in all")
         pieces = plan_pieces(files, _blocksize(sum(sizes.values()), parse_bytes(config.blocksize), slots))
         # buckets small enough for a worker's memory, in a multiple of the worker threads
         n_buckets = math.ceil(math.ceil(total / parse_bytes(config.partition_size)) / slots) * slots

@@ -67,6 +67,7 @@ class Ready(BaseModel):
     status: str
     version: str = Field(description="the model's version: its run, the days it last trained on, and a digest")
     items: int = Field(description="items in the model's catalogue")
+    threads: int = Field(description="torch threads this replica scores on")
 
 
 class ErrorBody(BaseModel):

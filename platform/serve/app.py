@@ -55,7 +55,8 @@ class Endpoint:
         from rayrec.serve.metrics import MetricsStore, ReplicaMetrics
 
         self.cfg = cfg = ServeConfig.from_json(cfg_json)
-        torch.set_num_threads(cfg.threads)
+        torch.set_num_threads(cfg.replica_threads())
+        self.threads = torch.get_num_threads()
         BodyLimit.limits["max_body_bytes"] = cfg.max_body_bytes
         self.device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
         self.recommender = Recommender(run_dir).to(self.device)
@@ -215,7 +216,8 @@ class Endpoint:
     async def readyz(self, response: Response):
         self.metrics.start()
         response.headers[VERSION_HEADER] = self.version
-        return {"status": "ready", "version": self.version, "items": self.recommender.catalogue_size}
+        return {"status": "ready", "version": self.version, "items": self.recommender.catalogue_size,
+                "threads": self.threads}
 
     @api.get("/metrics", response_class=PlainTextResponse)
     async def metrics_text(self):

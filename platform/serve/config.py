@@ -18,7 +18,8 @@ class ServeConfig:
     max_body_bytes: int = 1 << 20      # request body; larger -> 413
     max_k: int = 1000                  # largest k a request may ask for
     max_sessions: int = 256            # sessions in one POST /recommend/batch; more -> 413
-    threads: int = 1                   # torch threads in each replica
+    threads: int | str = "auto"        # torch threads in each replica (auto: its num_cpus if reserved, else
+                                       # the node's usable cores split between the replicas)
     num_replicas: int = 1              # fixed replicas (unless max_replicas turns autoscaling on)
     min_replicas: int = 1              # autoscaling: the fewest replicas
     max_replicas: int | None = None    # autoscaling: the most replicas (None: no autoscaling)
@@ -43,13 +44,16 @@ class ServeConfig:
 
     def __post_init__(self):
         positive = {"port": self.port, "max_events": self.max_events, "max_body_bytes": self.max_body_bytes,
-                    "max_k": self.max_k, "max_sessions": self.max_sessions, "threads": self.threads,
+                    "max_k": self.max_k, "max_sessions": self.max_sessions,
                     "num_replicas": self.num_replicas, "min_replicas": self.min_replicas,
                     "max_ongoing_requests": self.max_ongoing_requests, "max_batch_size": self.max_batch_size,
                     "retry_after_s": self.retry_after_s}
         for name, value in positive.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"serve.{name} must be an integer >= 1; got {value!r}")
+        from rayrec.threads import check_threads
+
+        check_threads(self.threads, "serve.threads")
         if not 0 < self.port < 65536:
             raise ValueError(f"serve.port must lie in 1..65535; got {self.port}")
         if self.max_waiting_sessions is not None and (isinstance(self.max_waiting_sessions, bool) or not isinstance(
@@ -66,6 +70,13 @@ class ServeConfig:
                 raise ValueError(f"serve.{name} must be > 0")
         if self.batch_wait_timeout_s < 0 or self.num_gpus < 0 or self.num_cpus < 0:
             raise ValueError("serve.batch_wait_timeout_s, serve.num_gpus and serve.num_cpus must be >= 0")
+
+    def replica_threads(self) -> int:
+        from rayrec.threads import threads_for
+
+        if self.threads == "auto" and self.num_cpus >= 1:
+            return int(self.num_cpus)
+        return threads_for(self.threads, self.max_replicas or self.num_replicas)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -11,7 +11,8 @@ class TrainConfig:
     lr: float = 5e-3
     weight_decay: float = 0.01
     workers: int = 2               # Ray Train workers; 0 runs the loop in-process
-    threads_per_worker: int = 1    # torch threads in each worker
+    threads_per_worker: int | str = "auto"   # torch threads per worker; auto: in-process, every usable
+                                   # core; under Ray Train, the node's cores split between its workers
     train_days: str | None = None  # "A:B" inclusive; default: every day that has a next day
     seed: int = 0
     eval_split: str = "valid"      # split of day t+1 evaluated after training on day t
@@ -42,6 +43,9 @@ class TrainConfig:
     log_every: int = 50            # steps averaged into one point of the loss curve (TensorBoard, MLflow)
 
     def __post_init__(self):
+        from rayrec.threads import check_threads
+
+        check_threads(self.threads_per_worker, "train.threads_per_worker")
         if self.workers < 0:
             raise ValueError("train.workers must be >= 0")
         if self.placement not in ("pack", "spread"):

@@ -45,9 +45,24 @@ def popularity_metric_sums(counts: np.ndarray, items: np.ndarray, first_item: in
     return metric_sums((torch.from_numpy(above), torch.from_numpy(ties)), ks)
 
 
-def evaluate_run(run_dir: str, data_dir: str, days_spec: str | None = None, split: str = "test") -> dict:
+def evaluate_run(run_dir: str, data_dir: str, days_spec: str | None = None, split: str = "test",
+                 threads: int | str = "auto") -> dict:
     """Metrics of a saved run on `split` of each day, next to most-popular over its training
-    days. The run and the data may be paths or storage URIs."""
+    days. The run and the data may be paths or storage URIs. `threads`: torch threads
+    (auto: every usable core)."""
+    import torch
+
+    from rayrec.threads import threads_for
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads_for(threads))
+    try:
+        return _evaluate_run(run_dir, data_dir, days_spec, split) | {"threads": torch.get_num_threads()}
+    finally:
+        torch.set_num_threads(before)
+
+
+def _evaluate_run(run_dir: str, data_dir: str, days_spec: str | None, split: str) -> dict:
     from rayrec.files import local_copy
     from rayrec.metrics import finalize
     from rayrec.models.checkpoint import load_model
@@ -88,4 +103,6 @@ def format_evaluation(result: dict) -> str:
     for r in result["days"]:
         for name, m in (("model", r), ("popularity", r["popularity"])):
             lines.append(f"{r['day']:>4} {name:>11} " + " ".join(f"{m[k]:>10.4f}" for k in keys) + f" {m['count']:>9}")
+    if "threads" in result:
+        lines.append(f"(scored on {result['threads']} torch thread(s))")
     return "\n".join(lines)

@@ -89,7 +89,10 @@ def build_trainer(spec: RunSpec, storage: str, name: str, callbacks: list = ()):
 def scaling(tcfg: TrainConfig):
     from ray.train import ScalingConfig
 
-    resources = {"CPU": tcfg.threads_per_worker} | ({"GPU": 1} if tcfg.use_gpu else {})
+    # `auto` reserves one CPU per worker, so that any cluster can place the group; each
+    # worker then takes its share of its node's cores (loop.worker_threads)
+    cpus = 1 if tcfg.threads_per_worker == "auto" else tcfg.threads_per_worker
+    resources = {"CPU": cpus} | ({"GPU": 1} if tcfg.use_gpu else {})
     return ScalingConfig(num_workers=tcfg.workers, use_gpu=tcfg.use_gpu, resources_per_worker=resources,
                          placement_strategy="SPREAD" if tcfg.placement == "spread" else "PACK")
 

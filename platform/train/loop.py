@@ -27,6 +27,7 @@ from rayrec.models.session_model import SessionModel
 from rayrec.train.allocator import keep_freed_memory, restore_allocator
 from rayrec.train.config import TrainConfig
 from rayrec.train.data import load_batch, shard_rows, split_path
+from rayrec.threads import threads_for
 from rayrec.train.progress import Progress, say
 from rayrec.train.spec import RunSpec
 from rayrec.train.sparse_sync import SparseRowSync, broadcast_from_rank0, catalogue_parameters, exclude_from_ddp
@@ -41,7 +42,7 @@ from rayrec.train.evaluate import model_metric_sums
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train's entry point: `config` holds the RunSpec as JSON."""
     spec = RunSpec.from_json(config["spec"])
-    with training_process(spec.train.threads_per_worker), open(os.devnull, "w") as null, \
+    with training_process(worker_threads(spec.train.threads_per_worker)), open(os.devnull, "w") as null, \
             contextlib.redirect_stdout(null) if spec.quiet else contextlib.nullcontext():
         quiet_report_log()
         _train(spec, RaySession(spec.scratch))
@@ -51,9 +52,17 @@ def run_in_process(spec: RunSpec, listeners: list[Listener] = ()) -> CheckpointM
     """The loop in the caller's process, its checkpoints kept in `spec.scratch` (resumed
     from, when an earlier attempt left some there). Returns their manager."""
     manager = CheckpointManager(spec.scratch, spec.train.keep_checkpoints, spec.train.checkpoint_metric)
-    with training_process(spec.train.threads_per_worker):
+    with training_process(threads_for(spec.train.threads_per_worker)):
         _train(spec, LocalSession(manager, listeners))
     return manager
+
+
+def worker_threads(setting) -> int:
+    """A Ray Train worker's threads: `auto` splits its node's cores between the run's
+    workers on that node."""
+    import ray.train
+
+    return threads_for(setting, ray.train.get_context().get_local_world_size())
 
 
 @contextlib.contextmanager
@@ -83,6 +92,10 @@ def _train(spec: RunSpec, session: RaySession | LocalSession) -> None:
     def load(day: int, split: str) -> Batch:  # this worker's shard of the day's split
         return load_batch(split_path(spec.data_dir, day, split), features, targets, mcfg.max_len, rank, world)
 
+    if rank == 0 and not spec.quiet:
+        where_ = "in-process" if isinstance(session, LocalSession) else f"on {world} Ray Train worker(s)"
+        say(f"[rayrec] training {where_}, {torch.get_num_threads()} torch thread(s) each "
+            f"(train.threads_per_worker: {tcfg.threads_per_worker})")
     history: list[dict] = []
     attempt, state = 0, None  # worker-group restarts so far; a window's unfinished training state
     with session.restored() as d:  # after a failure: the group's (or the earlier attempt's) last checkpoint
