@@ -264,6 +264,8 @@ def cmd_quickstart(a) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rayrec", description="Session-based recommendation with transformers on Ray: "
                                 "synth -> etl -> train -> evaluate -> serve.")
+    p.add_argument("--verbose", dest="verbose_libraries", action="store_true",
+                   help="also show Ray's, Dask's and transformers' own INFO and WARNING lines (rayrec --verbose COMMAND)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("synth", help="synthetic REES46-style events with a known best achievable score")
@@ -400,6 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     use_loopback(getattr(args, "address", None))
+    if args.verbose_libraries:
+        from rayrec.raylocal import show_library_logs
+
+        show_library_logs()
     try:
         code = args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError) as e:

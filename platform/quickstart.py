@@ -56,7 +56,7 @@ def sample_request(raw_path: str, data_dir: str, day: int) -> tuple[list[dict], 
 def quickstart(out: str = "quickstart-out", events: int = 200_000, workers: int = 2, epochs: int = 4) -> dict:
     import ray
 
-    from rayrec.serve.app import ServeConfig, start, stop
+    from rayrec.serve.app import ServeConfig, start, stop_with_ray
 
     started = time.perf_counter()
     out = os.path.abspath(out)
@@ -101,10 +101,7 @@ def quickstart(out: str = "quickstart-out", events: int = 200_000, workers: int 
         print(f"   the session's real next item {truth} is {'in' if hit else 'not in'} the top 10")
     finally:
         if ray.is_initialized():
-            try:
-                stop()
-            finally:
-                ray.shutdown()
+            stop_with_ray()
     summary = {"seconds": round(time.perf_counter() - started, 1), "model": metrics["average"],
                "popularity": metrics["popularity_average"], "ceiling": report["ceiling"],
                "served": answer, "status": status}

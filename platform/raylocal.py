@@ -17,6 +17,17 @@ def use_loopback(address: str | None = None) -> None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
+VERBOSE = {"on": False}
+
+
+def show_library_logs() -> None:
+    """`rayrec --verbose`: the libraries' INFO lines too, and Ray's worker prefixes."""
+    VERBOSE["on"] = True
+    logging.basicConfig(level=logging.INFO)
+    for name in ("ray", "distributed", "transformers"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None,
              object_store_memory: int | None = None, log_to_driver: bool = True) -> None:
     """Join `address` (or RAY_ADDRESS), else start a fresh local cluster on 127.0.0.1."""
@@ -25,15 +36,20 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    # a job logging config makes Ray forward the workers' lines without its "(RayTrainWorker
+    # pid=...)" prefix and colours, so a run's output reads as rayrec's report; the workers'
+    # own loggers stop at WARNING
+    quiet = None if VERBOSE["on"] else ray.LoggingConfig(encoding="TEXT", log_level="WARNING")
+    level = logging.INFO if VERBOSE["on"] else logging.WARNING
     if address:
         check_reachable(address)
-        ray.init(address=address, log_to_driver=log_to_driver, logging_level=logging.WARNING)
+        ray.init(address=address, log_to_driver=log_to_driver, logging_level=level, logging_config=quiet)
         return
     # a private cluster of this process: Ray's notice that it turned token auth on is not the user's concern
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory,
              include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
-             log_to_driver=log_to_driver, logging_level=logging.WARNING)
+             log_to_driver=log_to_driver, logging_level=level, logging_config=quiet)
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:

@@ -288,6 +288,16 @@ def stop() -> None:
     serve.shutdown()
 
 
+def stop_with_ray() -> None:
+    """End the endpoint with the private Ray cluster this process started: the cluster's
+    shutdown takes Serve with it. (Serve's own shutdown, before it, leaves a raylet warning
+    about its controller's retried shutdown task in the user's output.)"""
+    import ray
+
+    kill_metrics()
+    ray.shutdown()
+
+
 def remove(address: str | None) -> None:
     """`rayrec serve --stop`: delete the app from a running cluster (Serve stays up)."""
     from rayrec.raylocal import init_ray
@@ -340,4 +350,5 @@ def build(args: dict):
     return endpoint(run, from_dict(ServeConfig, args, "serve app args"))
 
 
-__all__ = ["APP", "ServeConfig", "build", "emit_config", "endpoint", "remove", "serve_config", "start", "stop"]
+__all__ = ["APP", "ServeConfig", "build", "emit_config", "endpoint", "remove", "serve_config", "start", "stop",
+           "stop_with_ray"]
