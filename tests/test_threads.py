@@ -41,7 +41,7 @@ def test_in_process_training_uses_every_core_by_default_and_says_so(etl_dir, tmp
                  "--train-days", "1:1", "--d-model", "16", "--n-layer", "1", "--n-head", "2", "--max-len", "8"]) == 0
     out = capsys.readouterr().out
     want = usable_cores()
-    assert f"[rayrec] training in-process, {want} torch thread(s) each (train.threads_per_worker: auto)" in out
+    assert f"[rayrec] training in-process on {want} torch thread(s) (train.threads_per_worker: auto)" in out
     if len(os.sched_getaffinity(0)) >= 2:
         assert want >= 2            # this 2-core machine trains on 2 threads, not 1
     assert torch.get_num_threads() == before      # the caller's setting comes back

@@ -93,8 +93,8 @@ def _train(spec: RunSpec, session: RaySession | LocalSession) -> None:
         return load_batch(split_path(spec.data_dir, day, split), features, targets, mcfg.max_len, rank, world)
 
     if rank == 0 and not spec.quiet:
-        where_ = "in-process" if isinstance(session, LocalSession) else f"on {world} Ray Train worker(s)"
-        say(f"[rayrec] training {where_}, {torch.get_num_threads()} torch thread(s) each "
+        where_ = "in-process on" if isinstance(session, LocalSession) else f"on {world} Ray Train worker(s) x"
+        say(f"[rayrec] training {where_} {torch.get_num_threads()} torch thread(s) "
             f"(train.threads_per_worker: {tcfg.threads_per_worker})")
     history: list[dict] = []
     attempt, state = 0, None  # worker-group restarts so far; a window's unfinished training state
