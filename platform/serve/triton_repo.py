@@ -26,8 +26,6 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
-from rayrec.serve.encoding import FeatureSpec
-
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "triton_models")
 TYPES = {"int64": "TYPE_INT64", "int32": "TYPE_INT64", "double": "TYPE_FP64", "float": "TYPE_FP64"}
 
@@ -92,7 +90,7 @@ def export_triton(run_dir: str, out: str, opts: TritonExport) -> str:
 def write_repository(rec, run_dir: str, root: str, opts: TritonExport, export_onnx) -> None:
     n, L = opts.name, rec.model.cfg.max_len
     width = min(opts.max_k, rec.catalogue_size)
-    features = [FeatureSpec(f.name, bool(f.is_list), f.kind == "categorical") for f in rec.model.features]
+    features = rec.features      # the Recommender's own specs: the server encodes as it does
     fields = raw_inputs(rec)
     id_type = "TYPE_INT64" if rec.encoder.value_type(rec.vocab).startswith("int") else "TYPE_STRING"
     meta = {"item_col": rec.item_col, "vocab": rec.vocab, "max_len": L, "max_k": opts.max_k,
