@@ -68,3 +68,18 @@ def test_logits_cross_entropy_skips_removed_candidates(smoothing):
     assert torch.allclose(got, want, rtol=1e-12)
     for a, e in zip(grads(got, (h, w, b)), grads(want, (h, w, b))):
         assert torch.allclose(a, e, rtol=1e-9, atol=1e-14)
+
+
+def test_fused_loss_under_bf16_autocast_keeps_fp32_statistics():
+    """Under bf16 autocast the fused loss still runs (its matmuls in bf16), and its loss and
+    gradients stay within bf16's rounding of the fp32 ones."""
+    h, w, b, y = data(torch.float32)
+    want = F.cross_entropy(F.linear(h, w, b), y, label_smoothing=0.1)
+    expected = grads(want, (h, w, b))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = linear_cross_entropy(h, w, b, y, 0.1)
+    assert "LinearCrossEntropy" in type(got.grad_fn).__name__ and got.dtype == torch.float32
+    assert torch.allclose(got, want, rtol=0.01)
+    for a, e in zip(grads(got, (h, w, b)), expected):
+        assert a.dtype == torch.float32
+        assert float((a - e).norm() / e.norm()) < 0.02

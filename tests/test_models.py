@@ -121,3 +121,16 @@ def test_every_model_option_is_documented():
     doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "model-config.md")).read()
     missing = [f.name for f in dataclasses.fields(ModelConfig) if f"`{f.name}`" not in doc]
     assert not missing
+
+
+def test_generator_sampling_draws_each_item_at_its_probability():
+    """ELECTRA's proposals (inverse-CDF sampling) follow the generator's distribution and
+    never pick an item of zero probability (the codes below the first item)."""
+    from rayrec.models.masking import sample_rows
+
+    torch.manual_seed(0)
+    weights = torch.tensor([[0.0, 1.0, 3.0, 0.0, 6.0], [0.0, 0.0, 0.0, 0.0, 2.0]]).repeat(50_000, 1)
+    drawn = sample_rows(weights).view(50_000, 2)
+    first = torch.bincount(drawn[:, 0], minlength=5).double() / 50_000
+    assert first[0] == first[3] == 0 and (drawn[:, 1] == 4).all()
+    assert torch.allclose(first[[1, 2, 4]], torch.tensor([0.1, 0.3, 0.6], dtype=torch.float64), atol=0.01)

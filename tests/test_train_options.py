@@ -34,6 +34,19 @@ def test_bad_options_are_named():
         TrainConfig(precision="fp16")
 
 
+def test_precision_auto_is_bf16_only_where_the_cpu_multiplies_bf16():
+    from rayrec.train.optim import cpu_has_amx_bf16, precision
+
+    with open("/proc/cpuinfo") as f:
+        amx = "amx_bf16" in f.read().split()
+    cpu = torch.device("cpu")
+    assert cpu_has_amx_bf16() == amx
+    assert TrainConfig().precision == "auto"
+    assert precision(TrainConfig(), cpu) == ("bf16" if amx else "fp32")
+    assert precision(TrainConfig(precision="fp32"), cpu) == "fp32"
+    assert precision(TrainConfig(precision="bf16"), cpu) == "bf16"
+
+
 @pytest.mark.parametrize("options", [dict(precision="bf16"), dict(grad_accum=3, grad_clip=0.5),
                                      dict(schedule="cosine", warmup=0.2, cosine_cycles_per_epoch=1)])
 def test_training_options_train(etl_dir, tmp_path, options):

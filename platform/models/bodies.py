@@ -26,6 +26,12 @@ from rayrec.models.xlnet_fast import use_fast_xlnet
 CAUSAL_NATIVE, CAUSAL_DECODER, CAUSAL_MASK4D, CAUSAL_PERM = "native", "is_decoder", "mask4d", "perm_mask"
 
 
+# GPT-2's and ALBERT's default "gelu_new" is the tanh GELU as seven elementwise ops (pow,
+# mul, add, tanh...), a tenth of a CPU training step at d_model 192; torch's one-kernel
+# tanh GELU computes the same function (within 1.2e-7).
+TANH_GELU = "gelu_pytorch_tanh"
+
+
 def hf_settings(cfg: ModelConfig) -> dict:
     """Small recommendation defaults per family: vocabulary 1, positions = max_len."""
     d, L, h, n, p = cfg.d_model, cfg.max_len, cfg.n_head, cfg.n_layer, cfg.dropout
@@ -36,11 +42,12 @@ def hf_settings(cfg: ModelConfig) -> dict:
         "xlnet": dict(vocab_size=1, d_model=d, n_layer=n, n_head=h, d_inner=4 * d, dropout=p, attn_type="bi",
                       mem_len=None, pad_token_id=None, bos_token_id=None, eos_token_id=None),
         "gpt2": dict(vocab_size=1, n_positions=L, n_embd=d, n_layer=n, n_head=h, resid_pdrop=p, embd_pdrop=p,
-                     attn_pdrop=p, bos_token_id=None, eos_token_id=None),
+                     attn_pdrop=p, bos_token_id=None, eos_token_id=None, activation_function=TANH_GELU),
         "bert": bert_like,
         "roberta": {**bert_like, "max_position_embeddings": L + 2, "bos_token_id": None, "eos_token_id": None},
         "electra": {**bert_like, "embedding_size": d},
-        "albert": {**bert_like, "embedding_size": d, "bos_token_id": None, "eos_token_id": None},
+        "albert": {**bert_like, "embedding_size": d, "bos_token_id": None, "eos_token_id": None,
+                   "hidden_act": TANH_GELU},
         "longformer": {**bert_like, "attention_window": 2 * math.ceil(L / 2),
                        "max_position_embeddings": 2 * math.ceil(L / 2) + 2, "sep_token_id": None,
                        "bos_token_id": None, "eos_token_id": None},

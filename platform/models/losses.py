@@ -62,30 +62,51 @@ class LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, labels: torch.Tensor,
-                smoothing: float) -> torch.Tensor:
+                smoothing: float, mm_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """`mm_dtype` (e.g. bf16): the matmuls' inputs; the logits and statistics stay fp32."""
         c = len(w)
-        logits = h @ w.t()  # one matmul: row blocks of it would each re-read all of w
+        ctx.dtypes = h.dtype, w.dtype
+        hm, wm = (h, w) if mm_dtype is None else (h.to(mm_dtype), w.to(mm_dtype))
+        low = hm @ wm.t()  # one matmul: row blocks of it would each re-read all of w
+        logits = low if mm_dtype is None else torch.empty(low.shape, dtype=torch.float32, device=low.device)
         picked, total, stats = [], [], []
-        for block, y in zip(logits.split(block_rows(c)), labels.split(block_rows(c))):
-            block.add_(b)
+        rows = block_rows(c)
+        for block, part, y in zip(logits.split(rows), low.split(rows), labels.split(rows)):
+            if part is block:
+                block.add_(b)
+            else:  # a low-precision matmul: its block widened in cache, with the bias
+                torch.add(part, b, out=block)
             picked.append(block.gather(1, y[:, None]).squeeze(1))
             if smoothing:
                 total.append(block.sum(1))
             stats.append(exp_in_place(block))
         lse, inv = torch.cat([s[0] for s in stats]), torch.cat([s[1] for s in stats])
         ctx.buffer, ctx.smoothing = logits, smoothing
-        ctx.save_for_backward(h, w, inv, labels)
+        del low
+        ctx.save_for_backward(hm, wm, inv, labels)
         return mean_loss(lse, torch.cat(picked), smoothing, torch.cat(total) / c if smoothing else None)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         h, w, inv, labels = ctx.saved_tensors
         scale = grad / len(labels)
-        g = softmax_minus_target(ctx.buffer, inv, labels, scale, ctx.smoothing, ctx.smoothing * scale / len(w))
-        ctx.buffer = None
+        buffer, ctx.buffer = ctx.buffer, None
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        return (g @ w if need_h else None, g.t() @ h if need_w else None, g.sum(0) if need_b else None,
-                None, None)
+        # block by block, in cache: the gradient, its column sums (the bias's gradient) and,
+        # for a low-precision forward, its narrowing for the two matmuls below
+        gm = buffer if w.dtype == buffer.dtype else torch.empty(buffer.shape, dtype=w.dtype, device=buffer.device)
+        gb = torch.zeros(buffer.shape[1], device=buffer.device) if need_b else None
+        rows, spread = block_rows(buffer.shape[1]), ctx.smoothing * scale / len(w)
+        for start in range(0, len(buffer), rows):
+            part = slice(start, start + rows)
+            g = softmax_minus_target(buffer[part], inv[part], labels[part], scale, ctx.smoothing, spread)
+            if gb is not None:
+                gb.add_(g.sum(0))
+            if gm is not buffer:
+                gm[part].copy_(g)
+        h_dtype, w_dtype = ctx.dtypes
+        return ((gm @ w).to(h_dtype) if need_h else None, (gm.t() @ h).to(w_dtype) if need_w else None, gb,
+                None, None, None)
 
 
 def softmax_minus_target(numerators: torch.Tensor, inv: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor,
@@ -108,11 +129,18 @@ def mean_loss(lse, picked, smoothing: float, mean_logit) -> torch.Tensor:
 
 def linear_cross_entropy(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, labels: torch.Tensor,
                          smoothing: float) -> torch.Tensor:
-    """cross-entropy(h @ w.T + b, labels): fused for fp32 training, plain otherwise."""
-    fused = (torch.is_grad_enabled() and h.dtype == w.dtype == b.dtype == torch.float32
-             and not torch.is_autocast_enabled(h.device.type) and (h.requires_grad or w.requires_grad))
+    """cross-entropy(h @ w.T + b, labels), fused when training. Under bf16 autocast (or
+    with bf16 inputs) the two matmuls run in bf16 with fp32 accumulation, as autocast
+    would run them, while the softmax statistics and the logits buffer stay fp32."""
+    device = h.device.type
+    autocast = torch.is_autocast_enabled(device)
+    low = (autocast and torch.get_autocast_dtype(device) == torch.bfloat16) or torch.bfloat16 in (h.dtype, w.dtype)
+    floats = {h.dtype, w.dtype, b.dtype} <= {torch.float32, torch.bfloat16}
+    fused = (torch.is_grad_enabled() and floats and (h.requires_grad or w.requires_grad)
+             and (low or not autocast))
     if fused:
-        return LinearCrossEntropy.apply(h, w, b, labels, smoothing)
+        with torch.autocast(device, enabled=False):
+            return LinearCrossEntropy.apply(h, w, b.float(), labels, smoothing, torch.bfloat16 if low else None)
     return smoothed_cross_entropy(torch.nn.functional.linear(h, w, b), labels, smoothing)
 
 

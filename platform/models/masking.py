@@ -91,6 +91,15 @@ def eval_slot(items: torch.Tensor, two_stream: bool) -> Masked:
     return Masked(targets=torch.zeros_like(items), hide=slot, perm_mask=perm)
 
 
+def sample_rows(weights: torch.Tensor) -> torch.Tensor:
+    """One categorical draw per row of non-negative [N, C] weights, by the inverse CDF:
+    one cumulative sum and a binary search per row. torch.multinomial draws an exponential
+    variate per weight instead, half of an ELECTRA training step on CPU at 20k items."""
+    cdf = weights.float().cumsum(1)
+    u = (1.0 - torch.rand(len(cdf), 1, device=cdf.device)) * cdf[:, -1:]  # in (0, total]: never a zero weight
+    return torch.searchsorted(cdf, u).squeeze(1).clamp_(max=cdf.shape[1] - 1)
+
+
 def replace_tokens(items: torch.Tensor, masked: torch.Tensor, proposals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """ELECTRA's corruption: masked positions take the generator's proposals; the label
     says which positions now differ from the original."""

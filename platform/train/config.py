@@ -34,7 +34,8 @@ class TrainConfig:
     grad_clip: float = 0.0         # max global gradient norm (0: no clipping)
     grad_accum: int = 1            # micro-batches per optimizer step
     window_days: int = 1           # days per training window (train on a window, evaluate on the next day)
-    precision: str = "fp32"        # fp32 | bf16 (autocast, CPU or GPU) | fp16 (GPU, with a grad scaler)
+    precision: str = "auto"        # auto | fp32 | bf16 (autocast, CPU or GPU) | fp16 (GPU, with a grad scaler);
+    #                                auto: bf16 where the hardware multiplies bf16 natively (CPU AMX, GPU), else fp32
     embedding_sync: str = "auto"   # dense | sparse | auto: catalogue-sized gradients across ranks as touched
                                    # rows (sparse) or DDP's dense all-reduce; auto = sparse under sampled softmax
     tensorboard: bool = False      # TensorBoard event files in RUN/tensorboard
@@ -67,8 +68,8 @@ class TrainConfig:
             raise ValueError("train.log_every must be >= 1")
         if self.window_days < 1:
             raise ValueError("train.window_days must be >= 1")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"train.precision must be fp32, bf16 or fp16; got {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"train.precision must be auto, fp32, bf16 or fp16; got {self.precision!r}")
         if self.precision == "fp16" and not self.use_gpu:
             raise ValueError("train.precision fp16 needs use_gpu (on CPU use bf16)")
         if self.epochs < 1 or self.batch_size < 1:

@@ -35,7 +35,7 @@ from rayrec.train import checkpoints
 from rayrec.train.checkpoints import CheckpointManager, apply_train_state, position_text
 from rayrec.train.reporting import Reporter, all_reduce_sums, replica_check
 from rayrec.train.session import Listener, LocalSession, RaySession
-from rayrec.train.optim import autocast, grad_scaler, make_optimizer, make_schedule
+from rayrec.train.optim import autocast, grad_scaler, make_optimizer, make_schedule, precision
 from rayrec.train.evaluate import model_metric_sums
 
 
@@ -94,8 +94,10 @@ def _train(spec: RunSpec, session: RaySession | LocalSession) -> None:
 
     if rank == 0 and not spec.quiet:
         where_ = "in-process on" if isinstance(session, LocalSession) else f"on {world} Ray Train worker(s) x"
+        chosen = precision(tcfg, torch.device("cuda" if tcfg.use_gpu else "cpu"))
         say(f"[rayrec] training {where_} {torch.get_num_threads()} torch thread(s) "
-            f"(train.threads_per_worker: {tcfg.threads_per_worker})")
+            f"(train.threads_per_worker: {tcfg.threads_per_worker}), "
+            f"{chosen} (train.precision: {tcfg.precision})")
     history: list[dict] = []
     attempt, state = 0, None  # worker-group restarts so far; a window's unfinished training state
     with session.restored() as d:  # after a failure: the group's (or the earlier attempt's) last checkpoint
