@@ -35,7 +35,8 @@ class TrainConfig:
     grad_accum: int = 1            # micro-batches per optimizer step
     window_days: int = 1           # days per training window (train on a window, evaluate on the next day)
     precision: str = "auto"        # auto | fp32 | bf16 (autocast, CPU or GPU) | fp16 (GPU, with a grad scaler);
-    #                                auto: bf16 where the hardware multiplies bf16 natively (CPU AMX, GPU), else fp32
+    #                                auto: in-process, bf16 where the hardware multiplies bf16 natively (CPU AMX,
+    #                                GPU), else fp32; fp32 on Ray Train workers
     embedding_sync: str = "auto"   # dense | sparse | auto: catalogue-sized gradients across ranks as touched
                                    # rows (sparse) or DDP's dense all-reduce; auto = sparse under sampled softmax
     tensorboard: bool = False      # TensorBoard event files in RUN/tensorboard
