@@ -160,7 +160,7 @@ def test_bf16_stays_within_two_percent_of_fp32():
     import model_data as md
 
     data = md.sessions(256, seed=5)
-    tcfg = TrainConfig(workers=0, epochs=2, batch_size=32, lr=5e-3)
+    tcfg = TrainConfig(workers=0, epochs=2, batch_size=32, lr=5e-3, precision="fp32")
     _, fp32 = applied_gradients(tcfg, data, dtype=torch.float32)
     _, bf16 = applied_gradients(TrainConfig(**{**tcfg.__dict__, "precision": "bf16"}), data, dtype=torch.float32)
     assert bf16["first_loss"] == pytest.approx(fp32["first_loss"], rel=0.02)

@@ -95,7 +95,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         # block by block, in cache: the gradient, its column sums (the bias's gradient) and,
         # for a low-precision forward, its narrowing for the two matmuls below
         gm = buffer if w.dtype == buffer.dtype else torch.empty(buffer.shape, dtype=w.dtype, device=buffer.device)
-        gb = torch.zeros(buffer.shape[1], device=buffer.device) if need_b else None
+        gb = torch.zeros(buffer.shape[1], dtype=buffer.dtype, device=buffer.device) if need_b else None
         rows, spread = block_rows(buffer.shape[1]), ctx.smoothing * scale / len(w)
         for start in range(0, len(buffer), rows):
             part = slice(start, start + rows)
