@@ -38,10 +38,10 @@ ITEMS, CATS, MAX_LEN, BATCH = 20_000, 200, 20, 256
 CONFIGS = {"small": 64, "large": 192}
 
 
-def machine_rates(threads: int) -> tuple[float, float]:
-    """(matmul FLOP/s, memory bytes/s) of this machine on `threads` threads."""
+def machine_rates(threads: int, dtype: torch.dtype = torch.float32) -> tuple[float, float]:
+    """(matmul FLOP/s in `dtype`, memory bytes/s) of this machine on `threads` threads."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
     for _ in range(2):
         a @ b
     t = time.perf_counter()

@@ -139,11 +139,12 @@ def main() -> None:
     p.add_argument("--no-t4r", action="store_true")
     p.add_argument("--workers", type=int, default=0, help="rayrec: Ray Train workers sharing --threads "
                    "(0: in-process); the global batch stays 256")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="rayrec's train.precision")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as work:
         data, _ = write_dataset(work, a.sessions)
         loader = loader_rate(data, a.threads)
-        ours = rayrec_run(data, os.path.join(work, "run"), a.threads, a.lr, a.workers)
+        ours = rayrec_run(data, os.path.join(work, "run"), a.threads, a.lr, a.workers, precision=a.precision)
         peer = None if a.no_t4r else t4r_run(work, a.threads, a.lr)
     print(f"{'system':>16} {'seq/s':>8} {'train s':>8} {'NDCG@20':>8} {'Recall@20':>9}")
     print(f"{'rayrec':>16} {ours['sequences_per_s']:>8.1f} {ours['train_seconds']:>8.2f} {ours['ndcg@20']:>8.4f} "
@@ -154,6 +155,7 @@ def main() -> None:
     print(f"loader: {loader['sessions_per_s']:,.0f} sessions/s into padded batches = "
           f"{loader['sessions_per_s'] / ours['sequences_per_s']:.0f}x what training consumes")
     result = {"sessions": a.sessions, "threads": a.threads, "lr": a.lr, "rayrec_workers": a.workers,
+              "rayrec_precision": a.precision,
               "rayrec_sequences_per_s": ours["sequences_per_s"], "rayrec_ndcg@20": ours["ndcg@20"],
               "rayrec_recall@20": ours["recall@20"], "loader_sessions_per_s": loader["sessions_per_s"],
               "t4r_sequences_per_s": peer and peer["train_sequences_per_s"], "t4r_ndcg@20": peer and peer["ndcg@20"],

@@ -70,10 +70,12 @@ def test_logits_cross_entropy_skips_removed_candidates(smoothing):
         assert torch.allclose(a, e, rtol=1e-9, atol=1e-14)
 
 
-def test_fused_loss_under_bf16_autocast_keeps_fp32_statistics():
-    """Under bf16 autocast the fused loss still runs (its matmuls in bf16), and its loss and
-    gradients stay within bf16's rounding of the fp32 ones."""
-    h, w, b, y = data(torch.float32)
+@pytest.mark.parametrize("frozen_w", [False, True])
+def test_fused_loss_under_bf16_autocast_keeps_fp32_statistics(frozen_w):
+    """Under bf16 autocast the fused loss still runs (its matmuls in bf16, the bias folded
+    into them), and its loss and every gradient asked for, the bias's also when the
+    weights are frozen, stay within bf16's rounding of the fp32 ones."""
+    h, w, b, y = data(torch.float32, frozen_w)
     want = F.cross_entropy(F.linear(h, w, b), y, label_smoothing=0.1)
     expected = grads(want, (h, w, b))
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -139,6 +139,23 @@ def test_sampled_softmax_trains(in_batch, negatives):
     assert last < 0.6 * first
 
 
+@pytest.mark.parametrize("in_batch", [True, False])
+def test_sampled_softmax_trains_under_bf16_autocast(in_batch):
+    """precision auto is bf16 on AMX CPUs: the sampled loss's bf16 logits take the
+    accidental hits' -inf and the loss still falls."""
+    m = model(loss="sampled", sampled_in_batch=in_batch, sampled_negatives=200)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    losses = []
+    for step in range(30):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = m(tensors(sessions(64, seed=step)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(m.loss_parts["next_item"])
+    assert all(math.isfinite(v) for v in losses) and np.mean(losses[-5:]) < 0.6 * losses[0]
+
+
 def test_sampled_logits_remove_accidental_hits_and_correct_logq():
     cfg = ModelConfig(d_model=8, n_head=2, loss="sampled", sampled_negatives=500, sampled_in_batch=True)
     head = NextItemHead(cfg, torch.nn.Embedding(50, 8), first_item=2)

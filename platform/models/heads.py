@@ -88,7 +88,7 @@ class NextItemHead(nn.Module):
         # Removed outside autograd: softmax gives a -inf logit zero probability and zero
         # gradient, which is exactly the gradient of the masked loss, and autograd then
         # needs no copy of this, the step's largest tensor.
-        logits.data.index_put_((rows, cols), torch.tensor(NEG))
+        logits.data.index_put_((rows, cols), torch.tensor(NEG, dtype=logits.dtype))  # bf16 under autocast
         if cfg.sampled_in_batch:
             return logits, torch.arange(n, device=targets.device)
         pos = (h * w[targets]).sum(-1, keepdim=True) + (b[targets, None] / cfg.temperature)
