@@ -156,6 +156,18 @@ def test_sampled_softmax_trains_under_bf16_autocast(in_batch):
     assert all(math.isfinite(v) for v in losses) and np.mean(losses[-5:]) < 0.6 * losses[0]
 
 
+def test_full_scores_under_autocast_pad_rows_and_return_the_same_scores():
+    """Under bf16 autocast full_scores pads its rows for the matmul (a shape that repeats
+    across steps) and gives back exactly the N rows asked for, close to fp32's."""
+    head = NextItemHead(ModelConfig(d_model=8, n_head=2), torch.nn.Embedding(50, 8), first_item=2)
+    hidden = torch.randn(37, 8)
+    want = head.full_scores(hidden)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = head.full_scores(hidden)
+    assert got.shape == want.shape == (37, 50) and torch.isinf(got[:, :2]).all()
+    assert torch.allclose(got[:, 2:].float(), want[:, 2:], atol=0.05)
+
+
 def test_sampled_logits_remove_accidental_hits_and_correct_logq():
     cfg = ModelConfig(d_model=8, n_head=2, loss="sampled", sampled_negatives=500, sampled_in_batch=True)
     head = NextItemHead(cfg, torch.nn.Embedding(50, 8), first_item=2)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rayrec.models.config import HeadConfig, ModelConfig
-from rayrec.models.losses import linear_cross_entropy, smoothed_cross_entropy
+from rayrec.models.losses import ROW_QUANTUM, linear_cross_entropy, smoothed_cross_entropy
 
 NEG = float("-inf")
 
@@ -48,8 +48,13 @@ class NextItemHead(nn.Module):
         return (h, w, b) if t == 1 else (h / t, w, b / t)
 
     def full_scores(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[N, n_items], -inf at codes below first_item."""
-        out = self.scores(hidden)
+        """[N, n_items], -inf at codes below first_item. Under autocast (training: ELECTRA's
+        generator) the rows are padded to a multiple of ROW_QUANTUM, so that the bf16
+        matmul's shape repeats across steps (see losses.LinearCrossEntropy)."""
+        n = len(hidden)
+        if torch.is_autocast_enabled(hidden.device.type) and n % ROW_QUANTUM:
+            hidden = torch.cat([hidden, hidden.new_zeros((ROW_QUANTUM - n % ROW_QUANTUM, *hidden.shape[1:]))])
+        out = self.scores(hidden)[:n]
         return out.index_fill(-1, torch.arange(self.first, device=out.device), NEG)
 
     def loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
