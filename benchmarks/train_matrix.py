@@ -110,20 +110,29 @@ def train_peer(data: str, item: dict, arch: str, masking: str, d: int, threads: 
     return {"system": result["system"], "seq_s": result["train_sequences_per_s"], "ndcg": result["ndcg@20"]}
 
 
+def trained(data: str, run: str, batches: int):
+    """The run's trained model (train mode), the first `batches` batches of day 1 and a
+    fused AdamW over the model: what the floor and the profile measure a step on."""
+    import numpy as np
+    import torch
+
+    from rayrec.models.batch import take, to_tensors
+    from rayrec.models.checkpoint import load_model
+    from rayrec.train.data import load_batch
+
+    model = load_model(os.path.join(run, "checkpoint")).train()
+    full = load_batch(os.path.join(data, "1", "train.parquet"), model.features, [], model.cfg.max_len)
+    cut = [to_tensors(take(full, np.arange(i * BATCH, (i + 1) * BATCH))) for i in range(batches)]
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR, fused=True)
+    return model, cut, opt
+
+
 def step_floor(data: str, run: str, flops: float, bandwidth: float) -> float:
     """Seconds of the floor of one training step of the run's model, on day 1's first batch."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from rayrec.models.batch import take, to_tensors
-    from rayrec.models.checkpoint import load_model
-    from rayrec.train.data import load_batch
-    import numpy as np
-
-    model = load_model(os.path.join(run, "checkpoint")).train()
-    full = load_batch(os.path.join(data, "1", "train.parquet"), model.features, [], model.cfg.max_len)
-    batch = to_tensors(take(full, np.arange(BATCH)))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR, fused=True)
+    model, (batch,), opt = trained(data, run, 1)
     counter = FlopCounterMode(display=False)
     torch.manual_seed(0)
     with counter:
@@ -140,19 +149,12 @@ def step_floor(data: str, run: str, flops: float, bandwidth: float) -> float:
 def profile_step(data: str, run: str, precision: str, steps: int = 5) -> dict[str, float]:
     """Where one training step of the run's model goes, by torch op group, under the
     precision it trained in (benchmarks/model_step.py's grouping), over `steps` steps."""
-    import numpy as np
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     from model_step import where_time_goes
-    from rayrec.models.batch import take, to_tensors
-    from rayrec.models.checkpoint import load_model
-    from rayrec.train.data import load_batch
 
-    model = load_model(os.path.join(run, "checkpoint")).train()
-    full = load_batch(os.path.join(data, "1", "train.parquet"), model.features, [], model.cfg.max_len)
-    batches = [to_tensors(take(full, np.arange(i * BATCH, (i + 1) * BATCH))) for i in range(steps + 3)]
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR, fused=True)
+    model, batches, opt = trained(data, run, steps + 3)
 
     def step(batch):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
