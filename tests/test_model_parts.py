@@ -195,3 +195,21 @@ def test_label_smoothing_ignores_removed_candidates():
     finite = torch.tensor([[2.0, 0.5, 0.1]])
     want = torch.nn.functional.cross_entropy(finite, torch.tensor([0]), label_smoothing=0.2 * 3 / 3)
     assert torch.isfinite(got) and torch.allclose(got, want)
+
+
+@pytest.mark.parametrize("loss", ["full", "sampled"])
+def test_normalize_scores_are_cosines_over_the_temperature_and_train(loss):
+    """Under `normalize` an item's score is its cosine with the session over the temperature,
+    whatever the norms: scaling an item's embedding leaves its score unchanged."""
+    m = model(normalize=True, temperature=0.1, loss=loss, sampled_negatives=100)
+    head = m.next_item
+    hidden = torch.randn(5, m.cfg.d_model)
+    with torch.no_grad():
+        head.bias.normal_()
+        h, w = head.project(hidden), head.item_weight()
+        expected = torch.nn.functional.cosine_similarity(h[:, None], w[None], dim=-1) / 0.1 + head.bias / 0.1
+        assert torch.allclose(head.scores(hidden), expected, atol=1e-4)
+        w[7] *= 25.0
+        assert torch.allclose(head.scores(hidden)[:, 7], expected[:, 7], atol=1e-4)
+    first, last = train(m, steps=40, lr=1e-2)
+    assert last < 0.7 * first

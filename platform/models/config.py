@@ -82,6 +82,7 @@ class ModelConfig:
     # --- heads ----------------------------------------------------------------------------
     tie_weights: bool = True           # output layer = item embeddings (projected when dims differ)
     temperature: float = 1.0           # logits are divided by it
+    normalize: bool = False            # cosine scores: unit session and item vectors (set temperature ~0.05-0.1)
     label_smoothing: float = 0.0
     loss: str = "full"                 # full softmax | sampled softmax
     sampled_negatives: int = 1000      # sampled: log-uniform negatives per batch (0: none)

@@ -44,8 +44,14 @@ class NextItemHead(nn.Module):
         applied to the logits, the step's largest tensor."""
         w, b = self.item_weight()[start:stop], self.bias[start:stop]
         t = self.cfg.temperature
-        h = self.project(hidden)
+        h, w = self.unit(self.project(hidden)), self.unit(w)
         return (h, w, b) if t == 1 else (h / t, w, b / t)
+
+    def unit(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Session or item vectors as the logits' dot products use them: unit length under
+        `normalize` (cosine scores, so that an item's logit does not grow with its
+        embedding's norm, as frequent items' norms otherwise do)."""
+        return F.normalize(vectors, dim=-1) if self.cfg.normalize else vectors
 
     def full_scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, n_items], -inf at codes below first_item. Under autocast (training: ELECTRA's
@@ -72,8 +78,8 @@ class NextItemHead(nn.Module):
         The [targets, candidates] matrix is the step's largest tensor: it is written by one
         matmul (bias, logQ and temperature folded in) and patched only at the hits."""
         cfg, n = self.cfg, len(targets)
-        h = self.project(hidden) / cfg.temperature if cfg.temperature != 1 else self.project(hidden)
-        w, b = self.item_weight(), self.bias
+        h, w, b = self.unit(self.project(hidden)), self.item_weight(), self.bias
+        h = h / cfg.temperature if cfg.temperature != 1 else h
         cand, logq = [], []
         if cfg.sampled_in_batch:
             _, inverse, counts = torch.unique(targets, return_inverse=True, return_counts=True)
@@ -85,7 +91,7 @@ class NextItemHead(nn.Module):
             logq.append(torch.log(q * cfg.sampled_negatives))
         cand_ids, cand_logq = torch.cat(cand), torch.cat(logq)
         bias = b[cand_ids] - cand_logq if cfg.sampled_logq else b[cand_ids]
-        logits = F.linear(h, w[cand_ids], bias / cfg.temperature)
+        logits = F.linear(h, self.unit(w[cand_ids]), bias / cfg.temperature)
         rows, cols = equal_pairs(targets, cand_ids)
         if cfg.sampled_in_batch:  # row i's own column i is its positive, not a hit
             keep = rows != cols
@@ -96,7 +102,7 @@ class NextItemHead(nn.Module):
         logits.data.index_put_((rows, cols), torch.tensor(NEG, dtype=logits.dtype))  # bf16 under autocast
         if cfg.sampled_in_batch:
             return logits, torch.arange(n, device=targets.device)
-        pos = (h * w[targets]).sum(-1, keepdim=True) + (b[targets, None] / cfg.temperature)
+        pos = (h * self.unit(w[targets])).sum(-1, keepdim=True) + (b[targets, None] / cfg.temperature)
         if cfg.sampled_logq:
             r = (targets - self.first).double()
             pos = pos - torch.log(cfg.sampled_negatives * torch.log((r + 2) / (r + 1)) /
