@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, TypeVar
+import numbers
+import types
+import typing
+from typing import Any, TypeVar, Union
 
 import yaml
 
@@ -10,13 +13,67 @@ T = TypeVar("T")
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
-    """Build dataclass `cls` from `data`, rejecting unknown keys (typos must not pass silently)."""
+    """Build dataclass `cls` from `data`, rejecting unknown keys and values of the wrong type:
+    a typo, or `normalize: maybe`, must not pass silently (a non-empty string is truthy)."""
     data = dict(data or {})
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"{where}: unknown option(s) {unknown}; expected some of {sorted(names)}")
-    return cls(**data)
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: checked(v, hints[k], f"{where}.{k}") for k, v in data.items()})
+
+
+def checked(value: Any, hint: Any, where: str) -> Any:
+    """`value` if it has type `hint`; a number YAML read as text (PyYAML reads `1e-3` as a
+    string) becomes a float where a float is expected; anything else is an error naming `where`."""
+    if _conforms(value, hint):
+        return value
+    if isinstance(value, str) and _conforms(1.5, hint):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise ValueError(f"{where}: expected {_expected(hint)}, got {value!r}")
+
+
+def _options(hint: Any) -> tuple:
+    return typing.get_args(hint) if typing.get_origin(hint) in (Union, types.UnionType) else (hint,)
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    for h in _options(hint):
+        origin, args = typing.get_origin(h), typing.get_args(h)
+        if h is Any or (h is type(None) and value is None):
+            return True
+        if h is bool and isinstance(value, bool):
+            return True
+        if h in (int, float) and not isinstance(value, bool) and \
+                isinstance(value, numbers.Integral if h is int else numbers.Real):
+            return True
+        if h in (str, list, dict) and isinstance(value, h):
+            return True
+        if dataclasses.is_dataclass(h) and isinstance(value, (h, dict)):
+            return True                               # the nested dataclass checks its own fields
+        if origin is list and isinstance(value, list):
+            return not args or all(_conforms(v, args[0]) for v in value)
+        if origin is dict and isinstance(value, dict):
+            return not args or all(_conforms(v, args[1]) for v in value.values())
+    return False
+
+
+_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+
+
+def _expected(hint: Any) -> str:
+    def one(h):
+        origin = typing.get_origin(h)
+        if origin is list:
+            return f"a list ({_expected(typing.get_args(h)[0])} each)" if typing.get_args(h) else "a list"
+        if origin is dict or h is dict or dataclasses.is_dataclass(h):
+            return "a mapping"
+        return _NAMES.get(h, getattr(h, "__name__", str(h)))
+    return " or ".join(one(h) for h in _options(hint))
 
 
 def read_yaml(path: str | None) -> dict[str, Any]:

@@ -23,3 +23,65 @@ def test_unknown_keys_and_sections_are_errors(tmp_path):
     bad.write_text("trian: {epochs: 1}\n")
     with pytest.raises(ValueError, match="trian"):
         train_configs(parse(["train", "--data", "d", "--out", "o", "--config", str(bad)]))
+
+
+def _fields_of(cls, kind):
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    return [f.name for f in dataclasses.fields(cls) if hints[f.name] is kind]
+
+
+def _sections():
+    from rayrec.etl import EtlConfig
+    from rayrec.models.config import ModelConfig
+    from rayrec.serve.config import ServeConfig
+    from rayrec.train.config import TrainConfig
+
+    return [("etl", EtlConfig), ("model", ModelConfig), ("train", TrainConfig), ("serve", ServeConfig)]
+
+
+@pytest.mark.parametrize("section,cls", _sections(), ids=[s for s, _ in _sections()])
+def test_every_key_takes_only_values_of_its_type(section, cls):
+    from rayrec.config_io import from_dict
+
+    bools, ints = _fields_of(cls, bool), _fields_of(cls, int)
+    assert bools or ints
+    for name in bools:                  # a non-empty string is truthy: `maybe` must not mean yes
+        with pytest.raises(ValueError, match=rf"^cfg.yaml: {section}\.{name}: expected true or false, got 'maybe'$"):
+            from_dict(cls, {name: "maybe"}, f"cfg.yaml: {section}")
+        with pytest.raises(ValueError, match=rf"{section}\.{name}: expected true or false"):
+            from_dict(cls, {name: 1}, f"cfg.yaml: {section}")
+    for name in ints:
+        for bad in ("many", 2.5, True):
+            with pytest.raises(ValueError, match=rf"{section}\.{name}: expected an integer"):
+                from_dict(cls, {name: bad}, f"cfg.yaml: {section}")
+
+
+def test_yaml_numbers_read_as_text_become_floats_and_bad_values_name_the_key(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {normalize: true, temperature: 1e-1}\ntrain: {lr: 1e-3, threads_per_worker: 2}\n")
+    model, train = train_configs(parse(["train", "--data", "d", "--out", "o", "--config", str(cfg)]))
+    assert (model.normalize, model.temperature, train.lr, train.threads_per_worker) == (True, 0.1, 0.001, 2)
+    cfg.write_text("model: {tie_weights: maybe}\n")
+    with pytest.raises(ValueError, match=r"c.yaml: model.tie_weights: expected true or false, got 'maybe'"):
+        train_configs(parse(["train", "--data", "d", "--out", "o", "--config", str(cfg)]))
+    cfg.write_text("model: {features: category}\n")
+    with pytest.raises(ValueError, match=r"model.features: expected a list \(a string each\), got 'category'"):
+        train_configs(parse(["train", "--data", "d", "--out", "o", "--config", str(cfg)]))
+    cfg.write_text("train: {lr: fast}\n")
+    with pytest.raises(ValueError, match=r"train.lr: expected a number, got 'fast'"):
+        train_configs(parse(["train", "--data", "d", "--out", "o", "--config", str(cfg)]))
+
+
+def test_a_space_value_of_the_wrong_type_names_its_line(tmp_path):
+    from rayrec.tune.space import load_space
+
+    space = tmp_path / "space.yaml"
+    space.write_text("model.d_model: {choice: [32, 64]}\nmodel.normalize: {choice: [false, maybe]}\n")
+    with pytest.raises(ValueError, match=r"space.yaml: line 2: model.normalize: expected true or false, got 'maybe'"):
+        load_space(str(space))
+    space.write_text("train.lr: 1e-3\nmodel.normalize: {choice: [false, true]}\n")
+    params = {p.key: [o.value for o in p.options] for p in load_space(str(space)).params}
+    assert params == {"train.lr": [0.001], "model.normalize": [False, True]}

@@ -24,12 +24,14 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import yaml
 
+from rayrec.config_io import checked, from_dict
 from rayrec.models.config import ModelConfig
 from rayrec.train.config import TrainConfig
 
@@ -171,7 +173,7 @@ def apply(model: ModelConfig, train: TrainConfig, params: dict[str, Any]) -> tup
         by[section][name] = value
     m = dataclasses.asdict(model) | by["model"]
     t = dataclasses.asdict(train) | by["train"]
-    return ModelConfig(**m), TrainConfig(**t)
+    return from_dict(ModelConfig, m, "model"), from_dict(TrainConfig, t, "train")
 
 
 def load_space(path: str) -> Space:
@@ -214,7 +216,7 @@ def _param(path: str, key: str, value: Any, line: int) -> Param:
     check_key(path, key, line)
     at = f"{path}: line {line}: {key}"
     if not isinstance(value, dict):
-        return Param(key, "fixed", [Option(value)], line=line)
+        return Param(key, "fixed", [Option(_typed(key, value, at))], line=line)
     spec = dict(value)
     when = _when(path, spec.pop("when", {}), at)
     divides = spec.pop("divides", None)
@@ -231,8 +233,8 @@ def _param(path: str, key: str, value: Any, line: int) -> Param:
     if kind in ("choice", "grid"):
         if not isinstance(arg, list) or not arg:
             raise ValueError(f"{at}: {kind} needs a non-empty list of values")
-        options = [Option(o["value"], _when(path, o.get("when", {}), at))
-                   if isinstance(o, dict) and "value" in o else Option(o) for o in arg]
+        options = [Option(_typed(key, o["value"], at), _when(path, o.get("when", {}), at))
+                   if isinstance(o, dict) and "value" in o else Option(_typed(key, o, at)) for o in arg]
         return Param(key, kind, options, when=when, divides=divides, line=line)
     if not (isinstance(arg, list) and len(arg) == 2 and all(isinstance(v, (int, float)) for v in arg)):
         raise ValueError(f"{at}: {kind} needs [low, high]; got {arg!r}")
@@ -242,6 +244,12 @@ def _param(path: str, key: str, value: Any, line: int) -> Param:
     if kind == "randint" and not all(float(v).is_integer() for v in arg):
         raise ValueError(f"{at}: randint needs integer bounds; got {arg!r}")
     return Param(key, kind, low=low, high=high, when=when, divides=divides, line=line)
+
+
+def _typed(key: str, value: Any, at: str) -> Any:
+    """A value of the type the field holds (`true`, not `maybe`, for a bool)."""
+    section, _, name = key.partition(".")
+    return checked(value, typing.get_type_hints(SECTIONS[section])[name], at)
 
 
 def _when(path: str, when: Any, at: str) -> dict[str, list]:
