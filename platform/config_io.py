@@ -15,6 +15,8 @@ T = TypeVar("T")
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
     """Build dataclass `cls` from `data`, rejecting unknown keys and values of the wrong type:
     a typo, or `normalize: maybe`, must not pass silently (a non-empty string is truthy)."""
+    if data is not None and not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping of options (KEY: value), got {data!r}")
     data = dict(data or {})
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -42,23 +44,25 @@ def _options(hint: Any) -> tuple:
 
 
 def _conforms(value: Any, hint: Any) -> bool:
+    """Whether `value` has type `hint`; a type it does not know (a custom op's) accepts."""
     for h in _options(hint):
         origin, args = typing.get_origin(h), typing.get_args(h)
-        if h is Any or (h is type(None) and value is None):
+        if h is type(None) or h is bool:
+            ok = value is None if h is type(None) else isinstance(value, bool)
+        elif h in (int, float):
+            ok = not isinstance(value, bool) and isinstance(value, numbers.Integral if h is int else numbers.Real)
+        elif h in (str, list, dict):
+            ok = isinstance(value, h)
+        elif dataclasses.is_dataclass(h):
+            ok = isinstance(value, (h, dict))         # the nested dataclass checks its own fields
+        elif origin is list:
+            ok = isinstance(value, list) and (not args or all(_conforms(v, args[0]) for v in value))
+        elif origin is dict:
+            ok = isinstance(value, dict) and (not args or all(_conforms(v, args[1]) for v in value.values()))
+        else:
+            ok = True                                 # Any, or a type this check does not know
+        if ok:
             return True
-        if h is bool and isinstance(value, bool):
-            return True
-        if h in (int, float) and not isinstance(value, bool) and \
-                isinstance(value, numbers.Integral if h is int else numbers.Real):
-            return True
-        if h in (str, list, dict) and isinstance(value, h):
-            return True
-        if dataclasses.is_dataclass(h) and isinstance(value, (h, dict)):
-            return True                               # the nested dataclass checks its own fields
-        if origin is list and isinstance(value, list):
-            return not args or all(_conforms(v, args[0]) for v in value)
-        if origin is dict and isinstance(value, dict):
-            return not args or all(_conforms(v, args[1]) for v in value.values())
     return False
 
 

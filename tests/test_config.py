@@ -85,3 +85,18 @@ def test_a_space_value_of_the_wrong_type_names_its_line(tmp_path):
     space.write_text("train.lr: 1e-3\nmodel.normalize: {choice: [false, true]}\n")
     params = {p.key: [o.value for o in p.options] for p in load_space(str(space)).params}
     assert params == {"train.lr": [0.001], "model.normalize": [False, True]}
+
+
+def test_a_section_or_an_op_parameter_of_the_wrong_shape_names_it(tmp_path):
+    from rayrec.etl.spec import workflow_from_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: [gpt2, clm]\n")
+    with pytest.raises(ValueError, match=r"c.yaml: model: expected a mapping of options \(KEY: value\), got \['gpt2'"):
+        train_configs(parse(["train", "--data", "d", "--out", "o", "--config", str(cfg)]))
+    ops = [{"op": "Categorify", "columns": "item"}, {"op": "ListSlice", "columns": ["item"], "start": "last"}]
+    with pytest.raises(ValueError, match=r"^w.yaml: ops\[1\]: op ListSlice: start: expected an integer, got 'last'$"):
+        workflow_from_config({"ops": ops}, "w.yaml")
+    ops[1]["start"] = -5                  # and a single column may be written without a list
+    flow = workflow_from_config({"ops": ops}, "w.yaml")
+    assert flow.ops[0].columns == ["item"] and flow.ops[1].start == -5

@@ -21,10 +21,12 @@ uses them is loaded; loading never imports anything by itself.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any, Callable, ClassVar
 
 import pyarrow as pa
 
+from rayrec.config_io import checked
 from rayrec.etl.columns import Frame, KeyIndex
 from rayrec.schema import ColumnSchema
 
@@ -128,6 +130,15 @@ def op_from_dict(spec: dict) -> Op:
     unknown = sorted(set(spec) - fields)
     if unknown:
         raise ValueError(f"op {name}: unknown parameter(s) {unknown}; expected some of {sorted(fields)}")
+    try:
+        hints = typing.get_type_hints(cls)
+    except (NameError, TypeError):      # a plugin's op with annotations this module cannot resolve
+        hints = {}
+    for key, value in spec.items():
+        if key in hints:
+            if isinstance(value, str) and typing.get_origin(hints[key]) is list:
+                value = [value]         # `columns: ItemId` means the one column
+            spec[key] = checked(value, hints[key], f"op {name}: {key}")
     try:
         return cls(**spec)
     except TypeError as e:
