@@ -16,7 +16,7 @@ why = netns_available()
 pytestmark = pytest.mark.skipif(why is not None, reason=f"two-host cluster test: {why}")
 
 # epochs enough for a day to take seconds, so that a stop lands inside the run
-TRAIN = ["--workers", "2", "--placement", "spread", "--train-days", "1:3", "--epochs", "40", "--batch-size", "64",
+TRAIN = ["--workers", "2", "--placement", "spread", "--train-days", "1:3", "--epochs", "15", "--batch-size", "64",
          "--seed", "5", "--arch", "gpt2", "--d-model", "32", "--n-head", "2", "--n-layer", "1"]
 
 

@@ -70,7 +70,7 @@ def test_a_killed_worker_is_replaced_and_the_run_finishes(etl_dir, tmp_path, eve
 
     init_ray(num_cpus=2, object_store_memory=200 * 1024 * 1024)
     try:
-        tcfg = TrainConfig(workers=2, epochs=20 if every == "window" else 3, batch_size=32, train_days="1:3",
+        tcfg = TrainConfig(workers=2, epochs=8 if every == "window" else 3, batch_size=32, train_days="1:3",
                            seed=5, max_failures=2, checkpoint_every=every, checkpoint_metric="recall@20")
         clean = run_training(etl_dir, str(tmp_path / "clean"), MODEL, tcfg)
         killed: list = []

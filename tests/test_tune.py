@@ -101,7 +101,7 @@ def test_a_trial_that_raises_is_an_error_the_others_finish_and_a_seed_repeats_ex
 def test_a_killed_driver_resumes_without_rerunning_finished_trials(etl_dir, tmp_path):
     space = write(tmp_path / "space.yaml", "model.arch: gru\ntrain.lr: {grid: [0.003, 0.01, 0.005, 0.02]}\n")
     base = write(tmp_path / "base.yaml", {"model": BASE["model"],
-                                          "train": {"epochs": 8, "train_days": "1:3", "checkpoint_every": "epoch"}})
+                                          "train": {"epochs": 4, "train_days": "1:3", "checkpoint_every": "epoch"}})
     sweep = str(tmp_path / "sweep")
     proc = subprocess.Popen([RAYREC, "tune", "--data", etl_dir, "--out", sweep, "--space", space, "--config", base,
                              "--concurrent", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -193,7 +193,7 @@ def test_a_trial_whose_process_is_killed_restarts_from_its_checkpoint_to_the_sam
     import threading
 
     space = write(tmp_path / "space.yaml", "model.arch: gru\ntrain.lr: {grid: [0.01]}\n")
-    base = {"model": BASE["model"], "train": {"epochs": 20, "train_days": "1:3", "checkpoint_every": "epoch",
+    base = {"model": BASE["model"], "train": {"epochs": 10, "train_days": "1:3", "checkpoint_every": "epoch",
                                               "max_failures": 1}}
     killed = []
 
