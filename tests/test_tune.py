@@ -15,7 +15,10 @@ import yaml
 from rayrec.cli import main
 
 RAYREC = os.path.join(os.path.dirname(sys.executable), "rayrec")
-BASE = {"model": {"d_model": 32, "n_head": 2, "n_layer": 1}, "train": {"epochs": 2, "train_days": "1:3"}}
+# fp32: the tests below compare runs bit for bit, and CPU bf16 matmuls (oneDNN) do not always
+# repeat exactly while other processes (the concurrent trials) share the cores
+BASE = {"model": {"d_model": 32, "n_head": 2, "n_layer": 1},
+        "train": {"epochs": 2, "train_days": "1:3", "precision": "fp32"}}
 
 
 def write(path, value):
@@ -194,7 +197,7 @@ def test_a_trial_whose_process_is_killed_restarts_from_its_checkpoint_to_the_sam
 
     space = write(tmp_path / "space.yaml", "model.arch: gru\ntrain.lr: {grid: [0.01]}\n")
     base = {"model": BASE["model"], "train": {"epochs": 10, "train_days": "1:3", "checkpoint_every": "epoch",
-                                              "max_failures": 1}}
+                                              "max_failures": 1, "precision": "fp32"}}
     killed = []
 
     def kill_mid_trial():

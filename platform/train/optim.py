@@ -56,8 +56,11 @@ def precision(tcfg: TrainConfig, device: torch.device) -> str:
     CPUs: the logits and body matmuls 2.5-3.6x faster here, at the same NDCG, per
     BENCHMARKS.md; GPUs that support it), fp32 elsewhere (AVX-512 without AMX emulates bf16).
     Ray Train workers stay fp32 under auto: a two-node DDP run stopped and resumed under
-    bf16 ended 3.5e-4 NDCG@20 away from the uninterrupted one (in-process it is exact), and
-    exact resume is a promise; bf16 there is one `train.precision: bf16` away."""
+    bf16 ended 3.5e-4 NDCG@20 away from the uninterrupted one, and exact resume is a
+    promise; bf16 there is one `train.precision: bf16` away. In-process bf16 repeats bit
+    for bit on an idle machine only: with other processes busy on the cores, oneDNN's bf16
+    matmuls gave 2 of 6 fresh runs another 5th-digit loss (fp32: 6 of 6 the same), a cost
+    the 2.5-3.6x is worth by default; docs/train-config.md says so under `seed`."""
     if tcfg.precision != "auto":
         return tcfg.precision
     if tcfg.workers > 0:
