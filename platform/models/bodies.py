@@ -19,6 +19,7 @@ import math
 import torch
 from torch import nn
 
+from rayrec.models import attention
 from rayrec.models.config import ModelConfig
 from rayrec.models.dropout import use_fast_dropout
 from rayrec.models.xlnet_fast import use_fast_xlnet
@@ -116,7 +117,7 @@ def build_body(cfg: ModelConfig) -> nn.Module:
 
 
 def _build_hf(cfg: ModelConfig) -> HFBody:
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoConfig
 
     settings = hf_settings(cfg)
     try:
@@ -128,7 +129,7 @@ def _build_hf(cfg: ModelConfig) -> HFBody:
     seed = int(torch.randint(0, 2**62, (1,)))
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        body = HFBody(use_fast_xlnet(AutoModel.from_config(AutoConfig.for_model(cfg.arch, **settings))), cfg, None)
+        body = HFBody(use_fast_xlnet(hf_model(AutoConfig.for_model(cfg.arch, **settings))), cfg, None)
         if is_causal(body, cfg):
             body.causal_by = CAUSAL_NATIVE
             return body
@@ -137,8 +138,7 @@ def _build_hf(cfg: ModelConfig) -> HFBody:
         if cfg.arch == "xlnet":
             body.causal_by = CAUSAL_PERM
         elif cfg.arch not in ("longformer",):  # try is_decoder, then an explicit 4-D mask
-            decoder = HFBody(AutoModel.from_config(AutoConfig.for_model(cfg.arch, **settings, is_decoder=True)),
-                             cfg, None)
+            decoder = HFBody(hf_model(AutoConfig.for_model(cfg.arch, **settings, is_decoder=True)), cfg, None)
             if _safe_causal(decoder, cfg):
                 decoder.causal_by = CAUSAL_DECODER
                 return decoder
@@ -147,6 +147,16 @@ def _build_hf(cfg: ModelConfig) -> HFBody:
         raise ValueError(f"model.arch {cfg.arch} cannot be made to attend causally, so it cannot train with "
                          "clm without seeing the future; use masking mlm, plm or rtd")
     return body
+
+
+def hf_model(config) -> nn.Module:
+    """The HF model of `config`, on rayrec's attention (cheap CPU dropout) where the model
+    takes an attention function (transformers' attention interface), else HF's own."""
+    from transformers import MODEL_MAPPING, AutoModel
+
+    if getattr(MODEL_MAPPING[type(config)], "_supports_attention_backend", False):
+        return AutoModel.from_config(config, attn_implementation=attention.register())
+    return AutoModel.from_config(config)
 
 
 def _safe_causal(body: HFBody, cfg: ModelConfig) -> bool:

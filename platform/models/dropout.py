@@ -20,18 +20,22 @@ def keep_mask(shape: torch.Size, p: float, device) -> torch.Tensor:
     return (bits.view(torch.int16)[:n] >= threshold).view(shape)
 
 
+def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    if not training or p == 0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, True)
+    scale = torch.tensor(1 / (1 - p), dtype=x.dtype)
+    return x * keep_mask(x.shape, p, x.device).to(x.dtype).mul_(scale)
+
+
 class FastDropout(nn.Module):
     def __init__(self, p: float):
         super().__init__()
         self.p = p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0:
-            return x
-        if x.device.type != "cpu":
-            return F.dropout(x, self.p, True)
-        scale = torch.tensor(1 / (1 - self.p), dtype=x.dtype)
-        return x * keep_mask(x.shape, self.p, x.device).to(x.dtype).mul_(scale)
+        return fast_dropout(x, self.p, self.training)
 
 
 def use_fast_dropout(module: nn.Module) -> nn.Module:
