@@ -17,6 +17,12 @@ import torch
 
 BLOCK_BYTES = 4 << 20  # blocks of logits rows small enough to stay in cache (measured: 4 MB beat 1 MB)
 ROW_QUANTUM = 64  # bf16: the matmuls' row count is rounded up to this (see LinearCrossEntropy)
+K_QUANTUM = 32
+COL_QUANTUM = 64
+
+
+def padded(n: int, quantum: int) -> int:
+    return -(-n // quantum) * quantum
 
 
 def block_rows(width: int) -> int:
@@ -79,15 +85,16 @@ class LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, labels: torch.Tensor,
                 smoothing: float, mm_dtype: torch.dtype | None = None) -> torch.Tensor:
         (n, d), c = h.shape, len(w)
-        ctx.dtypes = h.dtype, w.dtype, b.dtype
+        ctx.dtypes, ctx.shape = (h.dtype, w.dtype, b.dtype), (c, d)
         if mm_dtype is None:
             hm, wm = h, w
         else:
-            hm = h.new_zeros((-(-n // ROW_QUANTUM) * ROW_QUANTUM, d + 1), dtype=mm_dtype)
+            hm = h.new_zeros((padded(n, ROW_QUANTUM), padded(d + 1, K_QUANTUM)), dtype=mm_dtype)
             hm[:n, :d], hm[:n, d] = h, 1
-            wm = torch.cat([w.to(mm_dtype), b.to(mm_dtype)[:, None]], 1)
+            wm = w.new_zeros((padded(c, COL_QUANTUM), hm.shape[1]), dtype=mm_dtype)
+            wm[:c, :d], wm[:c, d] = w, b
         full = hm @ wm.t()  # one matmul: row blocks of it would each re-read all of w
-        logits = full[:n]
+        logits = full[:n, :c]
         rows = block_rows(c)
         wide = None if mm_dtype is None else logits.new_empty((min(rows, n), c), dtype=torch.float32)
         picked, total, stats = [], [], []
@@ -107,7 +114,7 @@ class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         h, w, inv, labels = ctx.saved_tensors
-        n = len(labels)
+        n, (c, d) = len(labels), ctx.shape
         scale = grad / n
         buffer, wide, ctx.buffer, ctx.wide = ctx.buffer, ctx.wide, None, None  # [padded, c], zero past n
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
@@ -115,7 +122,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         gb = torch.zeros(buffer.shape[1], dtype=buffer.dtype, device=buffer.device) if need_b and not folded else None
         rows, spread = block_rows(buffer.shape[1]), ctx.smoothing * scale / len(w)
         for start in range(0, n, rows):  # the gradient in the buffer, block by block in cache
-            part = buffer[start:min(start + rows, n)]
+            part = buffer[start:min(start + rows, n), :c]
             block = part if wide is None else wide[:len(part)].copy_(part)
             g = softmax_minus_target(block, inv[start:start + rows], labels[start:start + rows], scale,
                                      ctx.smoothing, spread)
@@ -124,12 +131,11 @@ class LinearCrossEntropy(torch.autograd.Function):
             if block is not part:
                 part.copy_(g)
         h_dtype, w_dtype, b_dtype = ctx.dtypes
-        gh = (buffer @ w)[:n] if need_h else None
-        gw = buffer.t() @ h if need_w or (need_b and folded) else None
+        gh = (buffer @ w)[:n, :d] if need_h else None
+        gw = (buffer.t() @ h)[:c] if need_w or (need_b and folded) else None
         if folded:
-            gb = gw[:, -1].to(b_dtype) if need_b else None
-            gh = gh[:, :-1] if gh is not None else None
-            gw = gw[:, :-1] if need_w else None
+            gb = gw[:, d].to(b_dtype) if need_b else None
+            gw = gw[:, :d] if need_w else None
         return (gh.to(h_dtype) if gh is not None else None, gw.to(w_dtype) if gw is not None else None, gb,
                 None, None, None)
 
