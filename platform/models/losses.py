@@ -17,6 +17,8 @@ import torch
 
 BLOCK_BYTES = 4 << 20  # blocks of logits rows small enough to stay in cache (measured: 4 MB beat 1 MB)
 ROW_QUANTUM = 64  # bf16: the matmuls' row count is rounded up to this (see LinearCrossEntropy)
+# bf16: the inner dim (d + 1) and the catalogue are zero-padded to these for AMX's tiles;
+# an odd inner dim (65) or catalogue (19,807) measured 4-18% slower over the loss's three matmuls
 K_QUANTUM = 32
 COL_QUANTUM = 64
 
