@@ -94,12 +94,24 @@ def test_the_ensemble_answers_what_the_recommender_answers(triton, name, protoco
                 got[0] = client.recommend(sessions[0], k, exclude)
                 for events, (items, scores) in zip(sessions, got):
                     want_items, want_scores = rec.recommend(events, k, exclude)
-                    assert items == want_items, (k, exclude, events)
                     np.testing.assert_allclose(scores, want_scores, atol=1e-4)
+                    assert_same_ranking(items, want_items, want_scores, (k, exclude, events))
         long = [s for s in sessions if len(s) > rec.model.cfg.max_len]
         assert long, "no session longer than the model's window: exclude_seen beyond it is untested"
     finally:
         client.close()
+
+
+def assert_same_ranking(items, want_items, want_scores, context, tie=1e-5):
+    """The same items in the same order, except that items whose in-process scores are
+    within `tie` (float noise between ONNX Runtime and torch) may trade places."""
+    if items == want_items:
+        return
+    score = dict(zip(want_items, want_scores))
+    last = want_scores[-1]
+    for i, (a, b) in enumerate(zip(items, want_items)):
+        if a != b:
+            assert abs(score.get(a, last) - score[b]) <= tie, (i, a, b, score.get(a), score[b], context)
 
 
 @pytest.fixture
