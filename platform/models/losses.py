@@ -118,11 +118,11 @@ class LinearCrossEntropy(torch.autograd.Function):
         h, w, inv, labels = ctx.saved_tensors
         n, (c, d) = len(labels), ctx.shape
         scale = grad / n
-        buffer, wide, ctx.buffer, ctx.wide = ctx.buffer, ctx.wide, None, None  # [padded, c], zero past n
+        buffer, wide, ctx.buffer, ctx.wide = ctx.buffer, ctx.wide, None, None  # bf16: [padded rows, padded c], zero past n and c
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         folded = wide is not None  # the bias is w's last column
         gb = torch.zeros(buffer.shape[1], dtype=buffer.dtype, device=buffer.device) if need_b and not folded else None
-        rows, spread = block_rows(buffer.shape[1]), ctx.smoothing * scale / len(w)
+        rows, spread = block_rows(buffer.shape[1]), ctx.smoothing * scale / c
         for start in range(0, n, rows):  # the gradient in the buffer, block by block in cache
             part = buffer[start:min(start + rows, n), :c]
             block = part if wide is None else wide[:len(part)].copy_(part)
