@@ -23,7 +23,12 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
     if unknown:
         raise ValueError(f"{where}: unknown option(s) {unknown}; expected some of {sorted(names)}")
     hints = typing.get_type_hints(cls)
-    return cls(**{k: checked(v, hints[k], f"{where}.{k}") for k, v in data.items()})
+    values = {k: checked(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    try:
+        return cls(**values)
+    except ValueError as e:  # the config's own range checks name the key; add the file it came from
+        source = where.rpartition(": ")[0]
+        raise ValueError(f"{source}: {e}" if source else str(e)) from None
 
 
 def checked(value: Any, hint: Any, where: str) -> Any:

@@ -75,6 +75,30 @@ def test_yaml_numbers_read_as_text_become_floats_and_bad_values_name_the_key(tmp
         train_configs(parse(["train", "--data", "d", "--out", "o", "--config", str(cfg)]))
 
 
+@pytest.mark.parametrize("section,key,value,expected", [
+    ("model", "dropout", 1.5, r"\[0, 1\)"),
+    ("model", "input_dropout", -0.1, r"\[0, 1\)"),
+    ("model", "d_model", 0, ">= 1"),
+    ("model", "n_head", 0, ">= 1"),
+    ("model", "max_len", 1, ">= 2"),
+    ("model", "input_mlp", [64, 0], ">= 1"),
+    ("model", "embedding_init_std", 0, "> 0"),
+    ("model", "next_item_weight", -1, ">= 0"),
+    ("train", "lr", 0, "> 0"),
+    ("train", "weight_decay", -0.1, ">= 0"),
+    ("train", "eval_batch_size", 0, ">= 1"),
+    ("train", "cosine_cycles_per_epoch", -1, "> 0"),
+])
+def test_a_value_out_of_range_names_the_file_and_the_key(tmp_path, section, key, value, expected):
+    import yaml
+
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump({section: {key: value}}))
+    with pytest.raises(ValueError, match=rf"bad.yaml: {section}.{key}.*{expected}") as e:
+        train_configs(parse(["train", "--data", "d", "--out", "o", "--config", str(cfg)]))
+    assert str(value) in str(e.value) or key in ("input_mlp",)
+
+
 def test_a_space_value_of_the_wrong_type_names_its_line(tmp_path):
     from rayrec.tune.space import load_space
 

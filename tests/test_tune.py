@@ -132,6 +132,7 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(etl_dir, tmp_
     ("train.lr: {normal: [0, 1]}\n", "line 1: train.lr: unknown distribution 'normal'"),
     ("model.arch: {choice: []}\n", "line 1: model.arch: choice needs a non-empty list"),
     ("trainer.lr: {choice: [1]}\n", "line 1: trainer.lr: a space key is `model.NAME` or `train.NAME`"),
+    ("model.dropout: {choice: [0.1, 1.5]}\n", "model.dropout is a probability and must lie in [0, 1), got 1.5"),
 ])
 def test_a_bad_space_is_an_error_naming_the_key_and_line_before_any_trial(etl_dir, tmp_path, capsys, space,
                                                                            expected):

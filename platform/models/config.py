@@ -33,6 +33,8 @@ class HeadConfig:
     def __post_init__(self):
         _choice("heads[].task", self.task, TASKS)
         _choice("heads[].summary", self.summary, SUMMARIES)
+        if self.weight < 0:
+            raise ValueError(f"model.heads[].weight must be >= 0, got {self.weight}")
 
 
 @dataclass
@@ -101,17 +103,33 @@ class ModelConfig:
         _choice("model.eval_on", self.eval_on, EVAL_ON)
         if not isinstance(self.arch, str) or not self.arch:
             raise ValueError("model.arch must name a body, e.g. gpt2, xlnet, bert, llama or gru")
-        if self.arch not in RNN_ARCHS and self.d_model % self.n_head:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
         for name in ("mlm_probability", "plm_probability"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must lie in (0, 1), got {getattr(self, name)}")
-        if self.plm_max_span < 1:
-            raise ValueError("model.plm_max_span must be >= 1")
-        if self.temperature <= 0:
-            raise ValueError("model.temperature must be > 0")
-        if not 0 <= self.label_smoothing < 1 or not 0 <= self.swap_noise < 1:
-            raise ValueError("model.label_smoothing and model.swap_noise must lie in [0, 1)")
+        for name in ("dropout", "input_dropout", "label_smoothing", "swap_noise"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise ValueError(f"model.{name} is a probability and must lie in [0, 1), got {value}")
+        if self.max_len < 2:
+            raise ValueError(f"model.max_len must be >= 2 (an input and a target), got {self.max_len}")
+        for name in ("d_model", "n_layer", "n_head", "plm_max_span", "embedding_dim",
+                     "soft_onehot_buckets", "soft_onehot_dim"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {value}")
+        if self.arch not in RNN_ARCHS and self.d_model % self.n_head:
+            raise ValueError(f"model.d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
+        for name, value in [("embedding_dims." + k, v) for k, v in self.embedding_dims.items()] + \
+                [("continuous_projection[]", v) for v in self.continuous_projection] + \
+                [("input_mlp[]", v) for v in self.input_mlp]:
+            if value < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {value}")
+        for name in ("rtd_weight", "next_item_weight", "sampled_negatives"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"model.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("temperature", "embedding_init_std", "embedding_dim_multiplier"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"model.{name} must be > 0, got {getattr(self, name)}")
         if self.loss == "sampled" and not (self.sampled_negatives > 0 or self.sampled_in_batch):
             raise ValueError("model.loss sampled needs sampled_negatives > 0 or sampled_in_batch")
         for col, spec in self.pretrained_embeddings.items():

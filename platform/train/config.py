@@ -73,8 +73,15 @@ class TrainConfig:
             raise ValueError(f"train.precision must be auto, fp32, bf16 or fp16; got {self.precision!r}")
         if self.precision == "fp16" and not self.use_gpu:
             raise ValueError("train.precision fp16 needs use_gpu (on CPU use bf16)")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("train.epochs and train.batch_size must be >= 1")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("weight_decay", "max_failures"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr", "cosine_cycles_per_epoch"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"train.{name} must be > 0, got {getattr(self, name)}")
 
     def sparse_embedding_sync(self, loss: str) -> bool:
         """Exchange catalogue tables' gradients as rows: asked for, or `auto` under sampled softmax."""

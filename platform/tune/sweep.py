@@ -21,7 +21,7 @@ from ray.tune.progress_reporter import TrialProgressCallback
 
 from rayrec.models.config import ModelConfig
 from rayrec.train.config import TrainConfig
-from rayrec.tune.space import Space, base_values, describe, load_space, trial_params
+from rayrec.tune.space import Space, apply, base_values, describe, load_space, trial_params
 from rayrec.tune.trial import REJECTED, TrialSpec, run_trial, trial_dir, write_json
 
 SEARCHES, SCHEDULERS, MODES = ("random", "grid", "optuna"), ("fifo", "asha", "median"), ("max", "min")
@@ -87,6 +87,11 @@ def prepare(cfg: SweepConfig, model: ModelConfig, train: TrainConfig) -> dict:
         trials = []   # Optuna draws them as the sweep goes
     else:
         trials = space.trials(samples, cfg.seed, base_values(model, train))
+        for i, params in enumerate(trials):  # a value out of its field's range stops the sweep before it starts
+            try:
+                apply(model, train, params)
+            except ValueError as e:
+                raise ValueError(f"{cfg.space}: trial {i} ({describe(params)}): {e}") from None
     return {"sweep": asdict(cfg), "model": asdict(model), "train": asdict(train), "trials": trials,
             "keys": space.keys, "samples": samples}
 
