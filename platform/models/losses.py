@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from rayrec.models import softmax_rows
+
 BLOCK_BYTES = 4 << 20  # blocks of logits rows small enough to stay in cache (measured: 4 MB beat 1 MB)
 ROW_QUANTUM = 64  # bf16: the matmuls' row count is rounded up to this (see LinearCrossEntropy)
 # bf16: the inner dim (d + 1) and the catalogue are zero-padded to these for AMX's tiles;
@@ -76,6 +78,9 @@ class LinearCrossEntropy(torch.autograd.Function):
     the buffer's memory traffic, the step's largest, at the precision autocast's own
     bf16 matmuls give (measured: gradients within 3e-3 relative of float64, loss 3e-6).
 
+    On CPU, those bf16 row passes run in C where the machine has a compiler
+    (softmax_rows.py): one read and one write of each row, forward and backward.
+
     The rows (the batch's predicted positions) change in number every step, and oneDNN
     builds a new bf16 kernel for each new matmul shape: 15-80 ms for the backward's [rows
     x catalogue] @ [catalogue x d] against 2.5 ms for a shape it has seen. So in bf16 the
@@ -87,7 +92,7 @@ class LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, labels: torch.Tensor,
                 smoothing: float, mm_dtype: torch.dtype | None = None) -> torch.Tensor:
         (n, d), c = h.shape, len(w)
-        ctx.dtypes, ctx.shape = (h.dtype, w.dtype, b.dtype), (c, d)
+        ctx.dtypes, ctx.shape, ctx.folded = (h.dtype, w.dtype, b.dtype), (c, d), mm_dtype is not None
         if mm_dtype is None:
             hm, wm = h, w
         else:
@@ -97,6 +102,13 @@ class LinearCrossEntropy(torch.autograd.Function):
             wm[:c, :d], wm[:c, d] = w, b
         full = hm @ wm.t()  # one matmul: row blocks of it would each re-read all of w
         logits = full[:n, :c]
+        ctx.smoothing = smoothing
+        ctx.native = mm_dtype is torch.bfloat16 and h.device.type == "cpu" and softmax_rows.enabled()
+        if ctx.native:  # the row passes in C: each bf16 row read and written once
+            lse, inv, picked, total = softmax_rows.forward(logits, labels.contiguous(), bool(smoothing))
+            ctx.buffer, ctx.wide = full, None
+            ctx.save_for_backward(hm, wm, inv, labels.contiguous())
+            return mean_loss(lse, picked, smoothing, total / c if smoothing else None)
         rows = block_rows(c)
         wide = None if mm_dtype is None else logits.new_empty((min(rows, n), c), dtype=torch.float32)
         picked, total, stats = [], [], []
@@ -109,7 +121,7 @@ class LinearCrossEntropy(torch.autograd.Function):
             if block is not part:
                 part.copy_(block)
         lse, inv = torch.cat([s[0] for s in stats]), torch.cat([s[1] for s in stats])
-        ctx.buffer, ctx.wide, ctx.smoothing = full, wide, smoothing
+        ctx.buffer, ctx.wide = full, wide
         ctx.save_for_backward(hm, wm, inv, labels)
         return mean_loss(lse, torch.cat(picked), smoothing, torch.cat(total) / c if smoothing else None)
 
@@ -120,10 +132,13 @@ class LinearCrossEntropy(torch.autograd.Function):
         scale = grad / n
         buffer, wide, ctx.buffer, ctx.wide = ctx.buffer, ctx.wide, None, None  # bf16: [padded rows, padded c], zero past n and c
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        folded = wide is not None  # the bias is w's last column
+        folded = ctx.folded  # bf16: the bias is w's last column
         gb = torch.zeros(buffer.shape[1], dtype=buffer.dtype, device=buffer.device) if need_b and not folded else None
         rows, spread = block_rows(buffer.shape[1]), ctx.smoothing * scale / c
-        for start in range(0, n, rows):  # the gradient in the buffer, block by block in cache
+        if ctx.native:
+            softmax_rows.backward(buffer[:n, :c], labels, inv, float(scale), float(spread),
+                                  float((1 - ctx.smoothing) * scale))
+        for start in range(0, 0 if ctx.native else n, rows):  # the gradient in the buffer, block by block in cache
             part = buffer[start:min(start + rows, n), :c]
             block = part if wide is None else wide[:len(part)].copy_(part)
             g = softmax_minus_target(block, inv[start:start + rows], labels[start:start + rows], scale,

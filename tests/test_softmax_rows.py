@@ -1,0 +1,114 @@
+"""The C row passes of the bf16 loss (softmax_rows.c) equal the float64 softmax, in both
+builds (AVX-512 and portable C), and the loss gives the same loss and gradients with them
+as with torch's passes."""
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rayrec.models import softmax_rows
+from rayrec.models.losses import LinearCrossEntropy
+
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                                reason="no C compiler: the loss keeps torch's passes (tested in test_losses)")
+
+
+def builds():
+    """This machine's build, and the portable loops (AVX-512 off) where it has AVX-512."""
+    libs = [("native", softmax_rows.library())]
+    portable = softmax_rows.build(softmax_rows.FLAGS + ("-mno-avx512f",))
+    if portable:
+        libs.append(("portable", softmax_rows.load(portable)))
+    return libs
+
+
+@pytest.fixture(scope="module", params=builds(), ids=lambda b: b[0])
+def lib(request):
+    assert request.param[1] is not None, "a C compiler is on the PATH, so the kernels must build"
+    return request.param[1]
+
+
+def logits(rows=70, cols=1_013, stride=1_040, seed=0):
+    """bf16 rows inside a wider buffer (the loss's padded columns), an odd width (a tail in
+    every row), one row with -inf entries, and a wide range of values."""
+    g = torch.Generator().manual_seed(seed)
+    buf = (torch.randn(rows + 3, stride, generator=g) * 6).bfloat16()
+    buf[5, :400] = float("-inf")
+    labels = torch.randint(0, cols, (rows,), generator=g)
+    labels[5] = 700
+    return buf, labels
+
+
+def test_the_forward_gives_exact_statistics_and_the_exponentials_in_place(lib):
+    buf, labels = logits()
+    rows, cols = len(labels), 1_013
+    before = buf.clone()
+    x = buf[:rows, :cols]
+    lse, inv, picked, total = softmax_rows.forward(x, labels, True, lib=lib)
+    ref = before[:rows, :cols].double()
+    assert torch.allclose(lse.double(), torch.logsumexp(ref, 1), rtol=0, atol=1e-5)  # fp32 at ~20
+    assert torch.equal(picked.double(), ref.gather(1, labels[:, None]).squeeze(1))
+    finite = torch.where(torch.isfinite(ref), ref, 0.0)
+    assert torch.allclose(total[torch.arange(rows) != 5].double(), finite.sum(1)[torch.arange(rows) != 5],
+                          rtol=1e-5, atol=1e-3)
+    e = torch.exp(ref - ref.amax(1, keepdim=True))
+    assert torch.allclose(x.double(), e, rtol=2 ** -8, atol=1e-38)                  # bf16 rounding of exp
+    assert torch.allclose(inv.double(), 1 / e.sum(1), rtol=1e-5)
+    assert torch.equal(buf[:, cols:], before[:, cols:]) and torch.equal(buf[rows:], before[rows:])
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_the_backward_leaves_the_loss_gradient_in_place(lib, smoothing):
+    buf, labels = logits()
+    rows, cols = len(labels), 1_013
+    ref = buf[:rows, :cols].double()
+    scale = 1 / rows   # the gradient of the mean smoothed cross-entropy, smoothing spread over every column
+    want = (torch.softmax(ref, 1) - (1 - smoothing) * F.one_hot(labels, cols) - smoothing / cols) * scale
+    if not smoothing:  # the same as torch's (which has no finite answer for -inf logits under smoothing)
+        r = ref.clone().requires_grad_()
+        F.cross_entropy(r, labels).backward()
+        assert torch.allclose(want, r.grad)
+    x = buf[:rows, :cols]
+    _, inv, _, _ = softmax_rows.forward(x, labels, False, lib=lib)
+    softmax_rows.backward(x, labels, inv, scale, smoothing * scale / cols, (1 - smoothing) * scale, lib=lib)
+    # within bf16's rounding of the stored exponentials (times scale) and of the result
+    bound = 2 ** -8 * (torch.softmax(ref, 1) * scale + want.abs()) + 1e-12
+    assert bool(((x.double() - want).abs() <= bound).all())
+
+
+def test_a_label_outside_the_columns_is_an_error_not_a_read_past_the_row(lib):
+    buf, labels = logits()
+    labels[3] = 1_013
+    with pytest.raises(IndexError, match="outside the 1013 columns"):
+        softmax_rows.forward(buf[:len(labels), :1_013], labels, False, lib=lib)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_the_fused_bf16_loss_is_the_same_with_the_c_passes_and_with_torchs(monkeypatch, smoothing):
+    assert softmax_rows.enabled()
+    g = torch.Generator().manual_seed(1)
+    n, d, c = 333, 24, 5_003
+    h = torch.randn(n, d, generator=g).requires_grad_()
+    w = (torch.randn(c, d, generator=g) * 0.3).requires_grad_()
+    b = (torch.randn(c, generator=g) * 0.1).requires_grad_()
+    y = torch.randint(0, c, (n,), generator=g)
+
+    def run():
+        loss = LinearCrossEntropy.apply(h, w, b, y, smoothing, torch.bfloat16)
+        return loss, torch.autograd.grad(loss, (h, w, b))
+
+    native = run()
+    monkeypatch.setenv("RAYREC_NATIVE_KERNELS", "0")
+    assert not softmax_rows.enabled()
+    eager = run()
+    assert torch.allclose(native[0], eager[0], rtol=1e-6)
+    for a, e in zip(native[1], eager[1]):
+        assert float((a - e).norm() / e.norm()) < 3e-3
+
+
+def test_without_a_compiler_there_is_no_library_and_nothing_is_cached(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert softmax_rows.build(softmax_rows.FLAGS) is None
+    assert not any((tmp_path / "cache").rglob("*.so"))
