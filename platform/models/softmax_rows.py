@@ -96,7 +96,8 @@ def load(path: str) -> ctypes.CDLL | None:
 
 
 @functools.cache
-def _pool(threads: int) -> ThreadPoolExecutor:
+def _pool(threads: int, pid: int) -> ThreadPoolExecutor:
+    """Per process: a forked child gets its own pool, not its parent's dead threads."""
     return ThreadPoolExecutor(threads, thread_name_prefix="rayrec-softmax")
 
 
@@ -107,7 +108,7 @@ def _rows(fn, n: int, *args) -> None:
         fn(0, n, *args)
         return
     bounds = [n * k // threads for k in range(threads + 1)]
-    for f in [_pool(threads).submit(fn, a, b, *args) for a, b in zip(bounds, bounds[1:])]:
+    for f in [_pool(threads, os.getpid()).submit(fn, a, b, *args) for a, b in zip(bounds, bounds[1:])]:
         f.result()
 
 
