@@ -1,6 +1,6 @@
-"""The C row passes of the bf16 loss (softmax_rows.c) equal the float64 softmax, in both
-builds (AVX-512 and portable C), and the loss gives the same loss and gradients with them
-as with torch's passes."""
+"""The C row passes of the fused loss (softmax_rows.c) equal the float64 softmax, on bf16
+and fp32 logits, in both builds (AVX-512 and portable C), and the loss gives the same loss
+and gradients with them as with torch's passes."""
 import shutil
 
 import pytest
@@ -29,40 +29,56 @@ def lib(request):
     return request.param[1]
 
 
-def logits(rows=70, cols=1_013, stride=1_040, seed=0):
-    """bf16 rows inside a wider buffer (the loss's padded columns), an odd width (a tail in
-    every row), one row with -inf entries, and a wide range of values."""
+def logits(dtype=torch.bfloat16, rows=70, cols=1_013, stride=1_040, seed=0):
+    """Rows inside a wider buffer (the loss's padded columns), an odd width (a tail in every
+    row), one row with -inf entries, and a wide range of values; fp32 rows come with a bias."""
     g = torch.Generator().manual_seed(seed)
-    buf = (torch.randn(rows + 3, stride, generator=g) * 6).bfloat16()
+    buf = (torch.randn(rows + 3, stride, generator=g) * 6).to(dtype)
     buf[5, :400] = float("-inf")
     labels = torch.randint(0, cols, (rows,), generator=g)
     labels[5] = 700
-    return buf, labels
+    bias = torch.randn(cols, generator=g) if dtype == torch.float32 else None
+    return buf, labels, bias
 
 
-def test_the_forward_gives_exact_statistics_and_the_exponentials_in_place(lib):
-    buf, labels = logits()
+def reference(buf, labels, bias):
+    ref = buf[:len(labels), :1_013].double()
+    return ref + bias.double() if bias is not None else ref
+
+
+def rounding(dtype):
+    """bf16's rounding of the stored values; in fp32, exp's argument x - max rounded at |x| ~ 80"""
+    return 2 ** -8 if dtype == torch.bfloat16 else 1e-5
+
+
+DTYPES = [torch.bfloat16, torch.float32]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_the_forward_gives_exact_statistics_and_the_exponentials_in_place(lib, dtype):
+    buf, labels, bias = logits(dtype)
     rows, cols = len(labels), 1_013
     before = buf.clone()
     x = buf[:rows, :cols]
-    lse, inv, picked, total = softmax_rows.forward(x, labels, True, lib=lib)
-    ref = before[:rows, :cols].double()
+    ref = reference(before, labels, bias)
+    lse, inv, picked, total = softmax_rows.forward(x, labels, True, bias, lib=lib)
     assert torch.allclose(lse.double(), torch.logsumexp(ref, 1), rtol=0, atol=1e-5)  # fp32 at ~20
-    assert torch.equal(picked.double(), ref.gather(1, labels[:, None]).squeeze(1))
+    assert torch.allclose(picked.double(), ref.gather(1, labels[:, None]).squeeze(1), rtol=1e-7)
     finite = torch.where(torch.isfinite(ref), ref, 0.0)
-    assert torch.allclose(total[torch.arange(rows) != 5].double(), finite.sum(1)[torch.arange(rows) != 5],
-                          rtol=1e-5, atol=1e-3)
+    keep = torch.arange(rows) != 5
+    assert torch.allclose(total[keep].double(), finite.sum(1)[keep], rtol=1e-5, atol=1e-3)
     e = torch.exp(ref - ref.amax(1, keepdim=True))
-    assert torch.allclose(x.double(), e, rtol=2 ** -8, atol=1e-38)                  # bf16 rounding of exp
+    assert torch.allclose(x.double(), e, rtol=rounding(dtype), atol=1e-38)
     assert torch.allclose(inv.double(), 1 / e.sum(1), rtol=1e-5)
     assert torch.equal(buf[:, cols:], before[:, cols:]) and torch.equal(buf[rows:], before[rows:])
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
-def test_the_backward_leaves_the_loss_gradient_in_place(lib, smoothing):
-    buf, labels = logits()
+def test_the_backward_leaves_the_loss_gradient_in_place_and_sums_its_columns(lib, smoothing, dtype):
+    buf, labels, bias = logits(dtype)
     rows, cols = len(labels), 1_013
-    ref = buf[:rows, :cols].double()
+    ref = reference(buf, labels, bias)
     scale = 1 / rows   # the gradient of the mean smoothed cross-entropy, smoothing spread over every column
     want = (torch.softmax(ref, 1) - (1 - smoothing) * F.one_hot(labels, cols) - smoothing / cols) * scale
     if not smoothing:  # the same as torch's (which has no finite answer for -inf logits under smoothing)
@@ -70,22 +86,26 @@ def test_the_backward_leaves_the_loss_gradient_in_place(lib, smoothing):
         F.cross_entropy(r, labels).backward()
         assert torch.allclose(want, r.grad)
     x = buf[:rows, :cols]
-    _, inv, _, _ = softmax_rows.forward(x, labels, False, lib=lib)
-    softmax_rows.backward(x, labels, inv, scale, smoothing * scale / cols, (1 - smoothing) * scale, lib=lib)
-    # within bf16's rounding of the stored exponentials (times scale) and of the result
-    bound = 2 ** -8 * (torch.softmax(ref, 1) * scale + want.abs()) + 1e-12
+    _, inv, _, _ = softmax_rows.forward(x, labels, False, bias, lib=lib)
+    sums = softmax_rows.backward(x, labels, inv, scale, smoothing * scale / cols, (1 - smoothing) * scale,
+                                 bias_grad=True, lib=lib)
+    # within the rounding of the stored exponentials (times scale) and of the result
+    bound = rounding(dtype) * (torch.softmax(ref, 1) * scale + want.abs()) + 1e-12
     assert bool(((x.double() - want).abs() <= bound).all())
+    p = torch.softmax(ref, 1) * scale
+    assert bool(((sums.double() - want.sum(0)).abs() <= rounding(dtype) * (p.sum(0) + want.abs().sum(0)) + 1e-9).all())
 
 
 def test_a_label_outside_the_columns_is_an_error_not_a_read_past_the_row(lib):
-    buf, labels = logits()
+    buf, labels, _ = logits()
     labels[3] = 1_013
     with pytest.raises(IndexError, match="outside the 1013 columns"):
         softmax_rows.forward(buf[:len(labels), :1_013], labels, False, lib=lib)
 
 
+@pytest.mark.parametrize("mm_dtype", [torch.bfloat16, None], ids=["bf16", "fp32"])
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
-def test_the_fused_bf16_loss_is_the_same_with_the_c_passes_and_with_torchs(monkeypatch, smoothing):
+def test_the_fused_loss_is_the_same_with_the_c_passes_and_with_torchs(monkeypatch, smoothing, mm_dtype):
     assert softmax_rows.enabled()
     g = torch.Generator().manual_seed(1)
     n, d, c = 333, 24, 5_003
@@ -95,7 +115,7 @@ def test_the_fused_bf16_loss_is_the_same_with_the_c_passes_and_with_torchs(monke
     y = torch.randint(0, c, (n,), generator=g)
 
     def run():
-        loss = LinearCrossEntropy.apply(h, w, b, y, smoothing, torch.bfloat16)
+        loss = LinearCrossEntropy.apply(h, w, b, y, smoothing, mm_dtype)
         return loss, torch.autograd.grad(loss, (h, w, b))
 
     native = run()
@@ -104,7 +124,7 @@ def test_the_fused_bf16_loss_is_the_same_with_the_c_passes_and_with_torchs(monke
     eager = run()
     assert torch.allclose(native[0], eager[0], rtol=1e-6)
     for a, e in zip(native[1], eager[1]):
-        assert float((a - e).norm() / e.norm()) < 3e-3
+        assert float((a - e).norm() / e.norm()) < (3e-3 if mm_dtype else 1e-5)
 
 
 def test_without_a_compiler_there_is_no_library_and_nothing_is_cached(monkeypatch, tmp_path):

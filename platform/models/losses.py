@@ -78,7 +78,7 @@ class LinearCrossEntropy(torch.autograd.Function):
     the buffer's memory traffic, the step's largest, at the precision autocast's own
     bf16 matmuls give (measured: gradients within 3e-3 relative of float64, loss 3e-6).
 
-    On CPU, those bf16 row passes run in C where the machine has a compiler
+    On CPU, the row passes (bf16 or fp32) run in C where the machine has a compiler
     (softmax_rows.py): one read and one write of each row, forward and backward.
 
     The rows (the batch's predicted positions) change in number every step, and oneDNN
@@ -103,9 +103,10 @@ class LinearCrossEntropy(torch.autograd.Function):
         full = hm @ wm.t()  # one matmul: row blocks of it would each re-read all of w
         logits = full[:n, :c]
         ctx.smoothing = smoothing
-        ctx.native = mm_dtype is torch.bfloat16 and h.device.type == "cpu" and softmax_rows.enabled()
-        if ctx.native:  # the row passes in C: each bf16 row read and written once
-            lse, inv, picked, total = softmax_rows.forward(logits, labels.contiguous(), bool(smoothing))
+        ctx.native = softmax_rows.supports(full) and softmax_rows.enabled()
+        if ctx.native:  # the row passes in C: each row read and written once
+            lse, inv, picked, total = softmax_rows.forward(logits, labels.contiguous(), bool(smoothing),
+                                                           None if mm_dtype else b.contiguous())
             ctx.buffer, ctx.wide = full, None
             ctx.save_for_backward(hm, wm, inv, labels.contiguous())
             return mean_loss(lse, picked, smoothing, total / c if smoothing else None)
@@ -136,8 +137,8 @@ class LinearCrossEntropy(torch.autograd.Function):
         gb = torch.zeros(buffer.shape[1], dtype=buffer.dtype, device=buffer.device) if need_b and not folded else None
         rows, spread = block_rows(buffer.shape[1]), ctx.smoothing * scale / c
         if ctx.native:
-            softmax_rows.backward(buffer[:n, :c], labels, inv, float(scale), float(spread),
-                                  float((1 - ctx.smoothing) * scale))
+            gb = softmax_rows.backward(buffer[:n, :c], labels, inv, float(scale), float(spread),
+                                       float((1 - ctx.smoothing) * scale), bias_grad=gb is not None)
         for start in range(0, 0 if ctx.native else n, rows):  # the gradient in the buffer, block by block in cache
             part = buffer[start:min(start + rows, n), :c]
             block = part if wide is None else wide[:len(part)].copy_(part)

@@ -1,9 +1,9 @@
-/* Row softmax statistics and gradient over a bf16 logits buffer, one pass each.
+/* Row softmax statistics and gradient over a logits buffer (bf16 or fp32), one pass each.
 
-   rayrec's fused loss (losses.py) keeps the [rows, catalogue] logits in bf16. In eager
-   torch each block of rows is widened to fp32, reduced and exponentiated in five passes,
-   and narrowed back: 70% of the loss's time at d_model 64. Here each row is read once
-   from memory (its max pass runs from cache) and written once, with fp32 arithmetic.
+   rayrec's fused loss (losses.py) keeps the [rows, catalogue] logits in bf16 (or fp32).
+   In eager torch each block of rows is widened to fp32, reduced and exponentiated in five
+   passes, and narrowed back: 70% of the loss's time at d_model 64. Here each row is read
+   once from memory (its max pass runs from cache) and written once, in fp32 arithmetic.
 
    Built on first use by softmax_rows.py with the machine's C compiler; plain C, no
    Python or torch headers, called through ctypes on raw pointers. */
@@ -52,25 +52,49 @@ static inline float exp_nonpositive(float x) {
     return x < lo ? 0.0f : p * scale;
 }
 
+static inline float get(const void *row, int64_t j, int bf16) {
+    return bf16 ? bf16_to_f32(((const uint16_t *)row)[j]) : ((const float *)row)[j];
+}
+
+static inline void put(void *row, int64_t j, float v, int bf16) {
+    if (bf16) ((uint16_t *)row)[j] = f32_to_bf16(v);
+    else ((float *)row)[j] = v;
+}
+
+#define INLINE static inline __attribute__((always_inline))
+
 #ifdef __AVX512F__
 /* AVX-512: 16 columns per step, tails by mask. exp as above, with scalef for 2^n. */
-static inline __m512 load16(const uint16_t *p, __mmask16 k) {
-    __m256i h = _mm256_maskz_loadu_epi16(k, p);
+INLINE __m512 vget(const void *row, int64_t j, __mmask16 k, int bf16) {
+    if (!bf16) return _mm512_maskz_loadu_ps(k, (const float *)row + j);
+    __m256i h = _mm256_maskz_loadu_epi16(k, (const uint16_t *)row + j);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-static inline void store16(uint16_t *p, __m512 v, __mmask16 k) {
+INLINE void vput(void *row, int64_t j, __m512 v, __mmask16 k, int bf16) {
+    if (!bf16) {
+        _mm512_mask_storeu_ps((float *)row + j, k, v);
+        return;
+    }
 #ifdef __AVX512BF16__
-    _mm256_mask_storeu_epi16(p, k, (__m256i)_mm512_cvtneps_pbh(v));
+    _mm256_mask_storeu_epi16((uint16_t *)row + j, k, (__m256i)_mm512_cvtneps_pbh(v));
 #else
     __m512i u = _mm512_castps_si512(v);
     __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
     u = _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
-    _mm256_mask_storeu_epi16(p, k, _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16)));
+    _mm256_mask_storeu_epi16((uint16_t *)row + j, k, _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16)));
 #endif
 }
 
-static inline __m512 exp16(__m512 x) {  /* x <= 0 */
+INLINE __m512 vbias(const float *bias, int64_t j, __mmask16 k) {
+    return bias ? _mm512_maskz_loadu_ps(k, bias + j) : _mm512_setzero_ps();
+}
+
+INLINE __mmask16 tail(int64_t c, int64_t j) {
+    return c - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (c - j)) - 1);
+}
+
+INLINE __m512 exp16(__m512 x) {  /* x <= 0 */
     const __m512 lo = _mm512_set1_ps(-87.0f);
     __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
     __m512 xc = _mm512_max_ps(x, lo);
@@ -87,89 +111,119 @@ static inline __m512 exp16(__m512 x) {  /* x <= 0 */
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     return _mm512_maskz_scalef_ps((__mmask16)~under, p, n);
 }
+#endif
 
-static void forward_row(uint16_t *row, int64_t c, float *max_out, float *sum_out, float *total_out) {
-    __m512 m = _mm512_set1_ps(-INFINITY), t = _mm512_setzero_ps();
+/* One row: (max, sum of exp, sum of logits) of x + bias, and x <- exp(x + bias - max). */
+INLINE void forward_row(void *row, const float *bias, int64_t c, int bf16, float *m_out, float *s_out,
+                        float *t_out) {
+    float m, s, t;
+#ifdef __AVX512F__
+    __m512 mv = _mm512_set1_ps(-INFINITY), tv = _mm512_setzero_ps(), sv = _mm512_setzero_ps();
     for (int64_t j = 0; j < c; j += 16) {
-        __mmask16 k = c - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (c - j)) - 1);
-        __m512 v = load16(row + j, k);
-        m = _mm512_mask_max_ps(m, k, m, v);
-        t = _mm512_add_ps(t, v);  /* masked-off lanes load as 0 */
+        __mmask16 k = tail(c, j);
+        __m512 v = _mm512_add_ps(vget(row, j, k, bf16), vbias(bias, j, k));
+        mv = _mm512_mask_max_ps(mv, k, mv, v);
+        tv = _mm512_add_ps(tv, v);  /* masked-off lanes load as 0 */
     }
-    float mx = _mm512_reduce_max_ps(m);
-    if (!isfinite(mx)) mx = 0.0f;
-    __m512 mv = _mm512_set1_ps(mx), s = _mm512_setzero_ps();
+    m = _mm512_reduce_max_ps(mv);
+    t = _mm512_reduce_add_ps(tv);
+    if (!isfinite(m)) m = 0.0f;
+    mv = _mm512_set1_ps(m);
     for (int64_t j = 0; j < c; j += 16) {
-        __mmask16 k = c - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (c - j)) - 1);
-        __m512 e = _mm512_maskz_mov_ps(k, exp16(_mm512_sub_ps(load16(row + j, k), mv)));
-        store16(row + j, e, k);
-        s = _mm512_add_ps(s, e);
+        __mmask16 k = tail(c, j);
+        __m512 v = _mm512_add_ps(vget(row, j, k, bf16), vbias(bias, j, k));
+        __m512 e = _mm512_maskz_mov_ps(k, exp16(_mm512_sub_ps(v, mv)));
+        vput(row, j, e, k, bf16);
+        sv = _mm512_add_ps(sv, e);
     }
-    *max_out = mx;
-    *sum_out = _mm512_reduce_add_ps(s);
-    *total_out = _mm512_reduce_add_ps(t);
+    s = _mm512_reduce_add_ps(sv);
+#else
+    m = -INFINITY;
+    t = 0.0f;
+#pragma omp simd reduction(max:m) reduction(+:t)
+    for (int64_t j = 0; j < c; j++) {
+        float v = get(row, j, bf16) + (bias ? bias[j] : 0.0f);
+        m = v > m ? v : m;
+        t += v;
+    }
+    if (!isfinite(m)) m = 0.0f;
+    s = 0.0f;
+#pragma omp simd reduction(+:s)
+    for (int64_t j = 0; j < c; j++) {
+        float e = exp_nonpositive(get(row, j, bf16) + (bias ? bias[j] : 0.0f) - m);
+        put(row, j, e, bf16);
+        s += e;
+    }
+#endif
+    *m_out = m;
+    *s_out = s;
+    *t_out = t;
 }
 
-static void backward_row(uint16_t *row, int64_t c, float k_, float spread) {
+/* One row of exp(x - max) -> e * k - spread, added to colsum where given. */
+INLINE void backward_row(void *row, int64_t c, int bf16, float k_, float spread, float *colsum) {
+#ifdef __AVX512F__
     __m512 kv = _mm512_set1_ps(k_), sv = _mm512_set1_ps(spread);
     for (int64_t j = 0; j < c; j += 16) {
-        __mmask16 k = c - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (c - j)) - 1);
-        store16(row + j, _mm512_fmsub_ps(load16(row + j, k), kv, sv), k);
+        __mmask16 k = tail(c, j);
+        __m512 g = _mm512_fmsub_ps(vget(row, j, k, bf16), kv, sv);
+        vput(row, j, g, k, bf16);
+        if (colsum) _mm512_mask_storeu_ps(colsum + j, k, _mm512_add_ps(_mm512_maskz_loadu_ps(k, colsum + j), g));
     }
-}
-#endif
-
-/* Rows [r0, r1) of `x` (row stride `ld` elements, `c` columns): x <- exp(x - rowmax) in
-   bf16; lse[i] = log(sum) + rowmax, inv[i] = 1 / sum, picked[i] = x[i, labels[i]] and,
-   when `total` is given, total[i] = sum of the row's logits. A row without a finite
-   maximum (all -inf) uses 0 as its maximum. */
-void softmax_rows_forward(int64_t r0, int64_t r1, uint16_t *x, int64_t c, int64_t ld,
-                          const int64_t *labels, float *lse, float *inv, float *picked, float *total) {
-    for (int64_t i = r0; i < r1; i++) {
-        uint16_t *row = x + i * ld;
-        picked[i] = bf16_to_f32(row[labels[i]]);
-        float m, s, t;
-#ifdef __AVX512F__
-        forward_row(row, c, &m, &s, &t);
 #else
-        m = -INFINITY;
-        t = 0.0f;
-#pragma omp simd reduction(max:m) reduction(+:t)
-        for (int64_t j = 0; j < c; j++) {
-            float v = bf16_to_f32(row[j]);
-            m = v > m ? v : m;
-            t += v;
-        }
-        if (!isfinite(m)) m = 0.0f;
-        s = 0.0f;
-#pragma omp simd reduction(+:s)
-        for (int64_t j = 0; j < c; j++) {
-            float e = exp_nonpositive(bf16_to_f32(row[j]) - m);
-            row[j] = f32_to_bf16(e);
-            s += e;
-        }
+#pragma omp simd
+    for (int64_t j = 0; j < c; j++) {
+        float g = get(row, j, bf16) * k_ - spread;
+        put(row, j, g, bf16);
+        if (colsum) colsum[j] += g;
+    }
 #endif
+}
+
+INLINE void rows_forward(int64_t r0, int64_t r1, char *x, int bf16, int64_t c, int64_t ld, const float *bias,
+                         const int64_t *labels, float *lse, float *inv, float *picked, float *total) {
+    int64_t size = bf16 ? 2 : 4;
+    for (int64_t i = r0; i < r1; i++) {
+        void *row = x + i * ld * size;
+        float m, s, t;
+        picked[i] = get(row, labels[i], bf16) + (bias ? bias[labels[i]] : 0.0f);
+        forward_row(row, bias, c, bf16, &m, &s, &t);
         if (total) total[i] = t;
         lse[i] = m + logf(s);
         inv[i] = 1.0f / s;
     }
 }
 
-/* Rows [r0, r1) of the forward's exp(x - rowmax) -> the loss gradient, in place:
-   e * inv[i] * scale - spread, and at the label also - target. */
-void softmax_rows_backward(int64_t r0, int64_t r1, uint16_t *x, int64_t c, int64_t ld,
-                           const int64_t *labels, const float *inv, float scale, float spread, float target) {
+INLINE void rows_backward(int64_t r0, int64_t r1, char *x, int bf16, int64_t c, int64_t ld, const int64_t *labels,
+                          const float *inv, float scale, float spread, float target, float *colsum) {
+    int64_t size = bf16 ? 2 : 4;
     for (int64_t i = r0; i < r1; i++) {
-        uint16_t *row = x + i * ld;
+        void *row = x + i * ld * size;
         float k = inv[i] * scale;
-        float at_label = bf16_to_f32(row[labels[i]]) * k - spread - target;
-#ifdef __AVX512F__
-        backward_row(row, c, k, spread);
-#else
-#pragma omp simd
-        for (int64_t j = 0; j < c; j++)
-            row[j] = f32_to_bf16(bf16_to_f32(row[j]) * k - spread);
-#endif
-        row[labels[i]] = f32_to_bf16(at_label);
+        float at_label = get(row, labels[i], bf16) * k - spread - target;
+        backward_row(row, c, bf16, k, spread, colsum);
+        put(row, labels[i], at_label, bf16);
+        if (colsum) colsum[labels[i]] -= target;
     }
+}
+
+/* Rows [r0, r1) of `x` (bf16 if `bf16`, else fp32; row stride `ld` elements, `c` columns,
+   plus `bias` per column if given): x <- exp(x + bias - rowmax); lse[i] = log(sum) + rowmax,
+   inv[i] = 1 / sum, picked[i] = the logit at labels[i] and, where `total` is given,
+   total[i] = the row's sum of logits. A row without a finite maximum (all -inf) uses 0. */
+void softmax_rows_forward(int64_t r0, int64_t r1, void *x, int32_t bf16, int64_t c, int64_t ld,
+                          const float *bias, const int64_t *labels, float *lse, float *inv, float *picked,
+                          float *total) {
+    if (bf16) rows_forward(r0, r1, x, 1, c, ld, bias, labels, lse, inv, picked, total);
+    else rows_forward(r0, r1, x, 0, c, ld, bias, labels, lse, inv, picked, total);
+}
+
+/* Rows [r0, r1) of the forward's exp(x - rowmax) -> the loss gradient, in place:
+   e * inv[i] * scale - spread, and at the label also - target; each row's gradient is
+   added to `colsum` (the bias's gradient) where given. */
+void softmax_rows_backward(int64_t r0, int64_t r1, void *x, int32_t bf16, int64_t c, int64_t ld,
+                           const int64_t *labels, const float *inv, float scale, float spread, float target,
+                           float *colsum) {
+    if (bf16) rows_backward(r0, r1, x, 1, c, ld, labels, inv, scale, spread, target, colsum);
+    else rows_backward(r0, r1, x, 0, c, ld, labels, inv, scale, spread, target, colsum);
 }

@@ -1,10 +1,11 @@
-"""The fused loss's bf16 row passes in one C loop each (softmax_rows.c), with torch's
-blockwise passes as the fallback.
+"""The fused loss's row passes (bf16 or fp32 logits) in one C loop each (softmax_rows.c),
+with torch's blockwise passes as the fallback.
 
 Eager torch has no kernel that reads bf16 rows and makes their softmax statistics in fp32,
 so the loss widened each block of logits, ran max, sub, exp and sum over it and narrowed it
-back. The C loop does the same arithmetic reading and writing each row once: loss forward +
-backward at 1,250 x 64 x 19,807 measured in BENCHMARKS.md (issue 16).
+back; in fp32 it still ran five passes (bias, max, sub, exp, sum) and the bias gradient's
+column sums. The C loop does the same arithmetic reading and writing each row once: loss
+forward + backward measured in BENCHMARKS.md (issue 16).
 
 The library is compiled on first use with the machine's C compiler (`-march=native`, so it
 is cached per CPU as well as per source) into ~/.cache/rayrec/kernels, and published by an
@@ -88,9 +89,9 @@ def load(path: str) -> ctypes.CDLL | None:
         lib = ctypes.CDLL(path)
     except OSError:
         return None
-    i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
-    lib.softmax_rows_forward.argtypes = [i64, i64, ptr, i64, i64, ptr, ptr, ptr, ptr, ptr]
-    lib.softmax_rows_backward.argtypes = [i64, i64, ptr, i64, i64, ptr, ptr, f32, f32, f32]
+    i64, i32, f32, ptr = ctypes.c_int64, ctypes.c_int32, ctypes.c_float, ctypes.c_void_p
+    lib.softmax_rows_forward.argtypes = [i64, i64, ptr, i32, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr]
+    lib.softmax_rows_backward.argtypes = [i64, i64, ptr, i32, i64, i64, ptr, ptr, f32, f32, f32, ptr]
     lib.softmax_rows_forward.restype = lib.softmax_rows_backward.restype = None
     return lib
 
@@ -101,41 +102,63 @@ def _pool(threads: int, pid: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="rayrec-softmax")
 
 
-def _rows(fn, n: int, *args) -> None:
-    """fn(r0, r1, *args) over [0, n) split between torch's threads (ctypes drops the GIL)."""
+def _split(n: int) -> list[tuple[int, int]]:
+    """[0, n) in one range per torch thread (ctypes drops the GIL while C runs)."""
     threads = max(1, min(torch.get_num_threads(), n // MIN_ROWS_PER_THREAD))
-    if threads == 1:
-        fn(0, n, *args)
-        return
     bounds = [n * k // threads for k in range(threads + 1)]
-    for f in [_pool(threads, os.getpid()).submit(fn, a, b, *args) for a, b in zip(bounds, bounds[1:])]:
+    return list(zip(bounds, bounds[1:]))
+
+
+def _run(fn, ranges: list[tuple[int, int]], *args, last=None) -> None:
+    """fn(r0, r1, *args, last[k]) for each range k, `last` being per-range (or None for all)."""
+    tails = last if last is not None else [None] * len(ranges)
+    if len(ranges) == 1:
+        fn(*ranges[0], *args, tails[0])
+        return
+    pool = _pool(len(ranges), os.getpid())
+    for f in [pool.submit(fn, a, b, *args, t) for (a, b), t in zip(ranges, tails)]:
         f.result()
 
 
+def supports(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float32)
+
+
 def _check(x: torch.Tensor, labels: torch.Tensor) -> None:
-    if x.dtype != torch.bfloat16 or x.dim() != 2 or x.stride(1) != 1 or x.device.type != "cpu":
-        raise ValueError("softmax_rows: expected a CPU bf16 [rows, columns] view with contiguous rows")
+    if not supports(x) or x.dim() != 2 or x.stride(1) != 1:
+        raise ValueError("softmax_rows: expected a CPU bf16 or fp32 [rows, columns] view with contiguous rows")
     if labels.dtype != torch.int64 or not labels.is_contiguous() or len(labels) != len(x):
         raise ValueError("softmax_rows: expected contiguous int64 labels, one per row")
     if len(labels) and not (0 <= int(labels.min()) and int(labels.max()) < x.shape[1]):  # C reads x[i, label]
         raise IndexError(f"softmax_rows: a label lies outside the {x.shape[1]} columns")
 
 
-def forward(x: torch.Tensor, labels: torch.Tensor, with_total: bool, lib: ctypes.CDLL | None = None):
-    """x <- exp(x - rowmax) in place; returns (logsumexp, 1 / sum, x[labels], row sums or None)."""
+def forward(x: torch.Tensor, labels: torch.Tensor, with_total: bool, bias: torch.Tensor | None = None,
+            lib: ctypes.CDLL | None = None):
+    """x <- exp(x + bias - rowmax) in place; returns (logsumexp, 1 / sum, logit at the label,
+    row sums of the logits or None), the logits being x + bias."""
     _check(x, labels)
     n, c = x.shape
+    if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous() or len(bias) != c):
+        raise ValueError(f"softmax_rows: expected a contiguous fp32 bias of {c} columns")
     lse, inv, picked = (torch.empty(n, dtype=torch.float32) for _ in range(3))
     total = torch.empty(n, dtype=torch.float32) if with_total else None
-    _rows((lib or library()).softmax_rows_forward, n, x.data_ptr(), c, x.stride(0), labels.data_ptr(), lse.data_ptr(),
-          inv.data_ptr(), picked.data_ptr(), total.data_ptr() if total is not None else None)
+    ranges = _split(n)
+    _run((lib or library()).softmax_rows_forward, ranges, x.data_ptr(), int(x.dtype == torch.bfloat16), c,
+         x.stride(0), bias.data_ptr() if bias is not None else None, labels.data_ptr(), lse.data_ptr(),
+         inv.data_ptr(), picked.data_ptr(), last=[total.data_ptr() if total is not None else None] * len(ranges))
     return lse, inv, picked, total
 
 
 def backward(x: torch.Tensor, labels: torch.Tensor, inv: torch.Tensor, scale: float, spread: float,
-             target: float, lib: ctypes.CDLL | None = None) -> None:
-    """The forward's exp(x - rowmax) <- x * inv * scale - spread, and - target at each label."""
+             target: float, bias_grad: bool = False, lib: ctypes.CDLL | None = None) -> torch.Tensor | None:
+    """The forward's exp(x - rowmax) <- x * inv * scale - spread, and - target at each label;
+    with `bias_grad`, returns the column sums of that gradient."""
     _check(x, labels)
     inv = inv.contiguous()
-    _rows((lib or library()).softmax_rows_backward, len(x), x.data_ptr(), x.shape[1], x.stride(0), labels.data_ptr(),
-          inv.data_ptr(), scale, spread, target)
+    ranges = _split(len(x))
+    sums = torch.zeros((len(ranges), x.shape[1]), dtype=torch.float32) if bias_grad else None
+    _run((lib or library()).softmax_rows_backward, ranges, x.data_ptr(), int(x.dtype == torch.bfloat16),
+         x.shape[1], x.stride(0), labels.data_ptr(), inv.data_ptr(), scale, spread, target,
+         last=[row.data_ptr() for row in sums] if sums is not None else None)
+    return sums.sum(0) if sums is not None else None
