@@ -96,6 +96,23 @@ def test_the_backward_leaves_the_loss_gradient_in_place_and_sums_its_columns(lib
     assert bool(((sums.double() - want.sum(0)).abs() <= rounding(dtype) * (p.sum(0) + want.abs().sum(0)) + 1e-9).all())
 
 
+def test_the_results_are_the_same_bits_on_one_thread_and_on_two(lib):
+    """An exact resume may run on another thread count than the run it resumes."""
+    out = []
+    for threads in (1, 2):
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            buf, labels, bias = logits(torch.float32, rows=300)
+            x = buf[:300, :1_013]
+            lse, inv, picked, _ = softmax_rows.forward(x, labels, False, bias, lib=lib)
+            sums = softmax_rows.backward(x, labels, inv, 1 / 300, 0.0, 1 / 300, bias_grad=True, lib=lib)
+            out.append((lse, inv, picked, x.clone(), sums))
+        finally:
+            torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for a, b in zip(*out))
+
+
 def test_a_label_outside_the_columns_is_an_error_not_a_read_past_the_row(lib):
     buf, labels, _ = logits()
     labels[3] = 1_013

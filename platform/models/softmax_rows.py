@@ -30,6 +30,7 @@ import torch
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "softmax_rows.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fPIC", "-shared")
 MIN_ROWS_PER_THREAD = 16  # below this a thread's hand-off costs more than its rows
+BIAS_CHUNK = 64  # rows per partial sum of the bias gradient
 
 
 def enabled() -> bool:
@@ -102,20 +103,24 @@ def _pool(threads: int, pid: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="rayrec-softmax")
 
 
-def _split(n: int) -> list[tuple[int, int]]:
-    """[0, n) in one range per torch thread (ctypes drops the GIL while C runs)."""
-    threads = max(1, min(torch.get_num_threads(), n // MIN_ROWS_PER_THREAD))
-    bounds = [n * k // threads for k in range(threads + 1)]
-    return list(zip(bounds, bounds[1:]))
+def _split(n: int, chunk: int | None = None) -> list[tuple[int, int]]:
+    """[0, n) in one range per torch thread, or in ranges of `chunk` rows (a split that does
+    not depend on the thread count, for sums that must not either)."""
+    parts = max(1, min(torch.get_num_threads(), n // MIN_ROWS_PER_THREAD)) if chunk is None else -(-n // chunk)
+    bounds = [n * k // parts for k in range(parts + 1)] if chunk is None else [*range(0, n, chunk), n]
+    return list(zip(bounds, bounds[1:])) or [(0, 0)]
 
 
 def _run(fn, ranges: list[tuple[int, int]], *args, last=None) -> None:
-    """fn(r0, r1, *args, last[k]) for each range k, `last` being per-range (or None for all)."""
+    """fn(r0, r1, *args, last[k]) for each range k on torch's threads (ctypes drops the GIL
+    while C runs); `last` is per range (None: None for all)."""
     tails = last if last is not None else [None] * len(ranges)
-    if len(ranges) == 1:
-        fn(*ranges[0], *args, tails[0])
+    threads = min(torch.get_num_threads(), len(ranges))
+    if threads <= 1:
+        for (a, b), t in zip(ranges, tails):
+            fn(a, b, *args, t)
         return
-    pool = _pool(len(ranges), os.getpid())
+    pool = _pool(threads, os.getpid())
     for f in [pool.submit(fn, a, b, *args, t) for (a, b), t in zip(ranges, tails)]:
         f.result()
 
@@ -156,7 +161,9 @@ def backward(x: torch.Tensor, labels: torch.Tensor, inv: torch.Tensor, scale: fl
     with `bias_grad`, returns the column sums of that gradient."""
     _check(x, labels)
     inv = inv.contiguous()
-    ranges = _split(len(x))
+    # the bias gradient: one partial sum per fixed chunk of rows, added in order, so that it
+    # is the same bits on any number of threads (an exact resume may run on another count)
+    ranges = _split(len(x), BIAS_CHUNK if bias_grad else None)
     sums = torch.zeros((len(ranges), x.shape[1]), dtype=torch.float32) if bias_grad else None
     _run((lib or library()).softmax_rows_backward, ranges, x.data_ptr(), int(x.dtype == torch.bfloat16),
          x.shape[1], x.stride(0), labels.data_ptr(), inv.data_ptr(), scale, spread, target,
