@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from rayrec.models import softmax_rows
+from rayrec.models import native
 from rayrec.models.losses import LinearCrossEntropy
 from rayrec.train.allocator import keep_freed_memory
 
@@ -51,18 +51,18 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     keep_freed_memory()
-    if softmax_rows.library() is None:
+    if native.library() is None:
         raise SystemExit("no C compiler here: nothing to compare")
-    print(f"{a.threads} threads; C kernels: {softmax_rows.library()._name}")
+    print(f"{a.threads} threads; C kernels: {native.library()._name}")
     print("| rows x d_model x catalogue | precision | torch passes (ms) | C passes (ms) | speed-up |")
     print("| --- | --- | --- | --- | --- |")
     rows = []
     for n, d, c in SHAPES:
         for name, mm_dtype in PRECISIONS.items():
             times = {"0": [], "1": []}
-            for native in "0101":
-                os.environ["RAYREC_NATIVE_KERNELS"] = native
-                times[native].append(ms_per_call(n, d, c, mm_dtype))
+            for use_c in "0101":
+                os.environ["RAYREC_NATIVE_KERNELS"] = use_c
+                times[use_c].append(ms_per_call(n, d, c, mm_dtype))
             torch_ms, c_ms = (sum(times[k]) / 2 for k in "01")
             rows.append({"rows": n, "d_model": d, "catalogue": c, "precision": name,
                          "torch_ms": round(torch_ms, 1), "c_ms": round(c_ms, 1), "speedup": round(torch_ms / c_ms, 2)})

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rayrec.models import softmax_rows
+from rayrec.models import native, softmax_rows
 from rayrec.models.losses import LinearCrossEntropy
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
@@ -16,10 +16,10 @@ pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc
 
 def builds():
     """This machine's build, and the portable loops (AVX-512 off) where it has AVX-512."""
-    libs = [("native", softmax_rows.library())]
-    portable = softmax_rows.build(softmax_rows.FLAGS + ("-mno-avx512f",))
+    libs = [("native", native.library())]
+    portable = native.build(native.FLAGS + ("-mno-avx512f",))
     if portable:
-        libs.append(("portable", softmax_rows.load(portable)))
+        libs.append(("portable", native.load(portable)))
     return libs
 
 
@@ -123,7 +123,7 @@ def test_a_label_outside_the_columns_is_an_error_not_a_read_past_the_row(lib):
 @pytest.mark.parametrize("mm_dtype", [torch.bfloat16, None], ids=["bf16", "fp32"])
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_the_fused_loss_is_the_same_with_the_c_passes_and_with_torchs(monkeypatch, smoothing, mm_dtype):
-    assert softmax_rows.enabled()
+    assert native.enabled()
     g = torch.Generator().manual_seed(1)
     n, d, c = 333, 24, 5_003
     h = torch.randn(n, d, generator=g).requires_grad_()
@@ -135,17 +135,17 @@ def test_the_fused_loss_is_the_same_with_the_c_passes_and_with_torchs(monkeypatc
         loss = LinearCrossEntropy.apply(h, w, b, y, smoothing, mm_dtype)
         return loss, torch.autograd.grad(loss, (h, w, b))
 
-    native = run()
+    with_c = run()
     monkeypatch.setenv("RAYREC_NATIVE_KERNELS", "0")
-    assert not softmax_rows.enabled()
+    assert not native.enabled()
     eager = run()
-    assert torch.allclose(native[0], eager[0], rtol=1e-6)
-    for a, e in zip(native[1], eager[1]):
+    assert torch.allclose(with_c[0], eager[0], rtol=1e-6)
+    for a, e in zip(with_c[1], eager[1]):
         assert float((a - e).norm() / e.norm()) < (3e-3 if mm_dtype else 1e-5)
 
 
 def test_without_a_compiler_there_is_no_library_and_nothing_is_cached(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    assert softmax_rows.build(softmax_rows.FLAGS) is None
+    assert native.build(native.FLAGS) is None
     assert not any((tmp_path / "cache").rglob("*.so"))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from rayrec.models import softmax_rows
+from rayrec.models import native, softmax_rows
 
 BLOCK_BYTES = 4 << 20  # blocks of logits rows small enough to stay in cache (measured: 4 MB beat 1 MB)
 ROW_QUANTUM = 64  # bf16: the matmuls' row count is rounded up to this (see LinearCrossEntropy)
@@ -79,7 +79,7 @@ class LinearCrossEntropy(torch.autograd.Function):
     bf16 matmuls give (measured: gradients within 3e-3 relative of float64, loss 3e-6).
 
     On CPU, the row passes (bf16 or fp32) run in C where the machine has a compiler
-    (softmax_rows.py): one read and one write of each row, forward and backward.
+    (softmax_rows.py, native.py): one read and one write of each row, forward and backward.
 
     The rows (the batch's predicted positions) change in number every step, and oneDNN
     builds a new bf16 kernel for each new matmul shape: 15-80 ms for the backward's [rows
@@ -103,7 +103,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         full = hm @ wm.t()  # one matmul: row blocks of it would each re-read all of w
         logits = full[:n, :c]
         ctx.smoothing = smoothing
-        ctx.native = softmax_rows.supports(full) and softmax_rows.enabled()
+        ctx.native = softmax_rows.supports(full) and native.enabled()
         if ctx.native:  # the row passes in C: each row read and written once
             lse, inv, picked, total = softmax_rows.forward(logits, labels.contiguous(), bool(smoothing),
                                                            None if mm_dtype else b.contiguous())

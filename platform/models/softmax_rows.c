@@ -5,8 +5,8 @@
    passes, and narrowed back: 70% of the loss's time at d_model 64. Here each row is read
    once from memory (its max pass runs from cache) and written once, in fp32 arithmetic.
 
-   Built on first use by softmax_rows.py with the machine's C compiler; plain C, no
-   Python or torch headers, called through ctypes on raw pointers. */
+   Built on first use by native.py with the machine's C compiler; plain C with OpenMP,
+   no Python or torch headers, called through ctypes on raw pointers. */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -180,50 +180,61 @@ INLINE void backward_row(void *row, int64_t c, int bf16, float k_, float spread,
 #endif
 }
 
-INLINE void rows_forward(int64_t r0, int64_t r1, char *x, int bf16, int64_t c, int64_t ld, const float *bias,
-                         const int64_t *labels, float *lse, float *inv, float *picked, float *total) {
-    int64_t size = bf16 ? 2 : 4;
-    for (int64_t i = r0; i < r1; i++) {
-        void *row = x + i * ld * size;
-        float m, s, t;
-        picked[i] = get(row, labels[i], bf16) + (bias ? bias[labels[i]] : 0.0f);
-        forward_row(row, bias, c, bf16, &m, &s, &t);
-        if (total) total[i] = t;
-        lse[i] = m + logf(s);
-        inv[i] = 1.0f / s;
+INLINE void one_forward(int64_t i, char *x, int bf16, int64_t c, int64_t ld, const float *bias,
+                        const int64_t *labels, float *lse, float *inv, float *picked, float *total) {
+    void *row = x + i * ld * (bf16 ? 2 : 4);
+    float m, s, t;
+    picked[i] = get(row, labels[i], bf16) + (bias ? bias[labels[i]] : 0.0f);
+    forward_row(row, bias, c, bf16, &m, &s, &t);
+    if (total) total[i] = t;
+    lse[i] = m + logf(s);
+    inv[i] = 1.0f / s;
+}
+
+INLINE void one_backward(int64_t i, char *x, int bf16, int64_t c, int64_t ld, const int64_t *labels,
+                         const float *inv, float scale, float spread, float target, float *colsum) {
+    void *row = x + i * ld * (bf16 ? 2 : 4);
+    float k = inv[i] * scale;
+    float at_label = get(row, labels[i], bf16) * k - spread - target;
+    backward_row(row, c, bf16, k, spread, colsum);
+    put(row, labels[i], at_label, bf16);
+    if (colsum) colsum[labels[i]] -= target;
+}
+
+/* The rows of `x` (n of them, bf16 if `bf16`, else fp32; row stride `ld` elements, `c`
+   columns, plus `bias` per column if given): x <- exp(x + bias - rowmax); lse[i] =
+   log(sum) + rowmax, inv[i] = 1 / sum, picked[i] = the logit at labels[i] and, where
+   `total` is given, total[i] = the row's sum of logits. A row without a finite maximum
+   (all -inf) uses 0. The rows run on `threads` threads of the process's OpenMP pool (the
+   one torch runs on, so that no second pool competes with its spinning workers). */
+void softmax_rows_forward(int64_t n, void *x, int32_t bf16, int64_t c, int64_t ld, const float *bias,
+                          const int64_t *labels, float *lse, float *inv, float *picked, float *total,
+                          int32_t threads) {
+    if (bf16) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (int64_t i = 0; i < n; i++) one_forward(i, x, 1, c, ld, bias, labels, lse, inv, picked, total);
+    } else {
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (int64_t i = 0; i < n; i++) one_forward(i, x, 0, c, ld, bias, labels, lse, inv, picked, total);
     }
 }
 
-INLINE void rows_backward(int64_t r0, int64_t r1, char *x, int bf16, int64_t c, int64_t ld, const int64_t *labels,
-                          const float *inv, float scale, float spread, float target, float *colsum) {
-    int64_t size = bf16 ? 2 : 4;
-    for (int64_t i = r0; i < r1; i++) {
-        void *row = x + i * ld * size;
-        float k = inv[i] * scale;
-        float at_label = get(row, labels[i], bf16) * k - spread - target;
-        backward_row(row, c, bf16, k, spread, colsum);
-        put(row, labels[i], at_label, bf16);
-        if (colsum) colsum[labels[i]] -= target;
+/* The forward's exp(x - rowmax) -> the loss gradient, in place: e * inv[i] * scale -
+   spread, and at the label also - target. With `colsum` ([ceil(n / chunk), c]), the rows
+   of chunk k are also summed into colsum[k]: partial sums of the bias's gradient over a
+   split that does not depend on the thread count. */
+void softmax_rows_backward(int64_t n, void *x, int32_t bf16, int64_t c, int64_t ld, const int64_t *labels,
+                           const float *inv, float scale, float spread, float target, float *colsum,
+                           int64_t chunk, int32_t threads) {
+    int64_t chunks = colsum ? (n + chunk - 1) / chunk : n;
+    int64_t per = colsum ? chunk : 1;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t k = 0; k < chunks; k++) {
+        float *sums = colsum ? colsum + k * c : 0;
+        int64_t end = k * per + per < n ? k * per + per : n;
+        for (int64_t i = k * per; i < end; i++) {
+            if (bf16) one_backward(i, x, 1, c, ld, labels, inv, scale, spread, target, sums);
+            else one_backward(i, x, 0, c, ld, labels, inv, scale, spread, target, sums);
+        }
     }
-}
-
-/* Rows [r0, r1) of `x` (bf16 if `bf16`, else fp32; row stride `ld` elements, `c` columns,
-   plus `bias` per column if given): x <- exp(x + bias - rowmax); lse[i] = log(sum) + rowmax,
-   inv[i] = 1 / sum, picked[i] = the logit at labels[i] and, where `total` is given,
-   total[i] = the row's sum of logits. A row without a finite maximum (all -inf) uses 0. */
-void softmax_rows_forward(int64_t r0, int64_t r1, void *x, int32_t bf16, int64_t c, int64_t ld,
-                          const float *bias, const int64_t *labels, float *lse, float *inv, float *picked,
-                          float *total) {
-    if (bf16) rows_forward(r0, r1, x, 1, c, ld, bias, labels, lse, inv, picked, total);
-    else rows_forward(r0, r1, x, 0, c, ld, bias, labels, lse, inv, picked, total);
-}
-
-/* Rows [r0, r1) of the forward's exp(x - rowmax) -> the loss gradient, in place:
-   e * inv[i] * scale - spread, and at the label also - target; each row's gradient is
-   added to `colsum` (the bias's gradient) where given. */
-void softmax_rows_backward(int64_t r0, int64_t r1, void *x, int32_t bf16, int64_t c, int64_t ld,
-                           const int64_t *labels, const float *inv, float scale, float spread, float target,
-                           float *colsum) {
-    if (bf16) rows_backward(r0, r1, x, 1, c, ld, labels, inv, scale, spread, target, colsum);
-    else rows_backward(r0, r1, x, 0, c, ld, labels, inv, scale, spread, target, colsum);
 }
