@@ -1,0 +1,109 @@
+"""rayrec's C kernels against the same arithmetic in torch passes (RAYREC_NATIVE_KERNELS=0),
+issue 16: the fused loss (softmax_rows.c), forward + backward, and dropout (dropout.c),
+forward alone and forward + backward.
+
+The loss's shapes are [predicted positions x d_model] against a catalogue: its own sizes
+in the train matrix (1,250 rows of a batch of 256 x 20 under CLM) and a large catalogue.
+Dropout runs on a transformer's [256 x 20 x 768] feed-forward activations. Both variants run
+in the same process, alternated twice, after warm-up; a figure is the mean of 12 calls.
+
+    python benchmarks/cpu_kernels.py [--threads 2]
+
+The last line printed is one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+from rayrec.models import native
+from rayrec.models.dropout import fast_dropout
+from rayrec.models.losses import LinearCrossEntropy
+from rayrec.train.allocator import keep_freed_memory
+
+SHAPES = [(1250, 64, 19_807), (1250, 192, 19_807), (448, 64, 119_357)]
+PRECISIONS = {"bf16": torch.bfloat16, "fp32": None}
+
+
+def ms_per_call(n: int, d: int, c: int, mm_dtype, calls: int = 12) -> float:
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(n, d, generator=g, requires_grad=True)
+    w = (torch.randn(c, d, generator=g) * 0.1).requires_grad_()
+    b = torch.zeros(c, requires_grad=True)
+    y = torch.randint(0, c, (n,), generator=g)
+
+    def call():
+        LinearCrossEntropy.apply(h, w, b, y, 0.0, mm_dtype).backward()
+
+    for _ in range(4):
+        call()
+    start = time.perf_counter()
+    for _ in range(calls):
+        call()
+    return (time.perf_counter() - start) / calls * 1e3
+
+
+def dropout_ms(dtype, backward: bool, calls: int = 12) -> float:
+    x = torch.randn(256, 20, 768).to(dtype).requires_grad_(backward)
+    g = torch.ones(256, 20, 768, dtype=dtype)
+
+    def call():
+        y = fast_dropout(x, 0.3)
+        if backward:
+            y.backward(g)
+            x.grad = None
+
+    for _ in range(4):
+        call()
+    start = time.perf_counter()
+    for _ in range(calls):
+        call()
+    return (time.perf_counter() - start) / calls * 1e3
+
+
+def compare(fn) -> tuple[list[float], list[float]]:
+    times = {"0": [], "1": []}
+    for use_c in "0101":
+        os.environ["RAYREC_NATIVE_KERNELS"] = use_c
+        times[use_c].append(fn())
+    return times["0"], times["1"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    keep_freed_memory()
+    if native.library() is None:
+        raise SystemExit("no C compiler here: nothing to compare")
+    print(f"{a.threads} threads; C kernels: {native.library()._name}")
+    print("| kernel and shape | precision | torch passes (ms) | C passes (ms) | speed-up |")
+    print("| --- | --- | --- | --- | --- |")
+    rows = []
+    for n, d, c in SHAPES:
+        for name, mm_dtype in PRECISIONS.items():
+            slow, fast = compare(lambda: ms_per_call(n, d, c, mm_dtype))
+            rows.append(row(f"loss {n:,} x {d} x {c:,}", name, slow, fast))
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        for backward in (False, True):
+            slow, fast = compare(lambda: dropout_ms(dtype, backward))
+            rows.append(row(f"dropout 256 x 20 x 768, p 0.3, {'fwd+bwd' if backward else 'fwd'}", name, slow, fast))
+    os.environ.pop("RAYREC_NATIVE_KERNELS")
+    print(json.dumps({"threads": a.threads, "rows": rows}))
+
+
+def row(what: str, precision: str, slow: list[float], fast: list[float]) -> dict:
+    torch_ms, c_ms = sum(slow) / len(slow), sum(fast) / len(fast)
+    print(f"| {what} | {precision} | {' / '.join(f'{t:.1f}' for t in slow)} | "
+          f"{' / '.join(f'{t:.1f}' for t in fast)} | {torch_ms / c_ms:.2f}x |", flush=True)
+    return {"what": what, "precision": precision, "torch_ms": round(torch_ms, 2), "c_ms": round(c_ms, 2),
+            "speedup": round(torch_ms / c_ms, 2)}
+
+
+if __name__ == "__main__":
+    main()
