@@ -113,6 +113,16 @@ def test_the_results_are_the_same_bits_on_one_thread_and_on_two(lib):
     assert all(torch.equal(a, b) for a, b in zip(*out))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_a_nan_logit_makes_its_row_nan_as_in_torch(lib, dtype):
+    """A diverged model must show a NaN loss, not a finite one that skipped the NaN."""
+    buf, labels, bias = logits(dtype)
+    buf[7, 300] = float("nan")
+    lse, inv, _, _ = softmax_rows.forward(buf[:len(labels), :1_013], labels, False, bias, lib=lib)
+    assert torch.isnan(lse[7]) and torch.isnan(inv[7])
+    assert torch.isfinite(lse[torch.arange(len(labels)) != 7]).all()
+
+
 def test_a_label_outside_the_columns_is_an_error_not_a_read_past_the_row(lib):
     buf, labels, _ = logits()
     labels[3] = 1_013

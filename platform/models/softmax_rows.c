@@ -97,7 +97,7 @@ INLINE __mmask16 tail(int64_t c, int64_t j) {
 INLINE __m512 exp16(__m512 x) {  /* x <= 0 */
     const __m512 lo = _mm512_set1_ps(-87.0f);
     __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
-    __m512 xc = _mm512_max_ps(x, lo);
+    __m512 xc = _mm512_max_ps(lo, x);  /* a NaN x stays NaN (max returns its second operand) */
     __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
