@@ -1,6 +1,7 @@
 """The C row passes of the fused loss (softmax_rows.c) equal the float64 softmax, on bf16
 and fp32 logits, in both builds (AVX-512 and portable C), and the loss gives the same loss
 and gradients with them as with torch's passes."""
+import os
 import shutil
 
 import pytest
@@ -152,6 +153,17 @@ def test_the_fused_loss_is_the_same_with_the_c_passes_and_with_torchs(monkeypatc
     assert torch.allclose(with_c[0], eager[0], rtol=1e-6)
     for a, e in zip(with_c[1], eager[1]):
         assert float((a - e).norm() / e.norm()) < (3e-3 if mm_dtype else 1e-5)
+
+
+def test_a_fresh_cache_compiles_the_library_and_publishes_it_whole(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = native.build(native.FLAGS)
+    assert path is not None and path.startswith(str(tmp_path)) and os.path.getsize(path) > 0
+    assert [p.name for p in (tmp_path / "rayrec" / "kernels").iterdir()] == [os.path.basename(path)]  # no temporaries
+    lib = native.load(path)
+    buf, labels, _ = logits()
+    lse, _, _, _ = softmax_rows.forward(buf[:len(labels), :1_013], labels, False, lib=lib)
+    assert torch.isfinite(lse).all()
 
 
 def test_without_a_compiler_there_is_no_library_and_nothing_is_cached(monkeypatch, tmp_path):
