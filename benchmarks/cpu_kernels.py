@@ -36,15 +36,7 @@ def ms_per_call(n: int, d: int, c: int, mm_dtype, calls: int = 12) -> float:
     b = torch.zeros(c, requires_grad=True)
     y = torch.randint(0, c, (n,), generator=g)
 
-    def call():
-        LinearCrossEntropy.apply(h, w, b, y, 0.0, mm_dtype).backward()
-
-    for _ in range(4):
-        call()
-    start = time.perf_counter()
-    for _ in range(calls):
-        call()
-    return (time.perf_counter() - start) / calls * 1e3
+    return timed(lambda: LinearCrossEntropy.apply(h, w, b, y, 0.0, mm_dtype).backward(), calls)
 
 
 def dropout_ms(dtype, backward: bool, calls: int = 12) -> float:
@@ -57,6 +49,11 @@ def dropout_ms(dtype, backward: bool, calls: int = 12) -> float:
             y.backward(g)
             x.grad = None
 
+    return timed(call, calls)
+
+
+def timed(call, calls: int) -> float:
+    """ms per call after 4 warm-up calls."""
     for _ in range(4):
         call()
     start = time.perf_counter()
