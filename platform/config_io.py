@@ -31,6 +31,21 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
         raise ValueError(f"{source}: {e}" if source else str(e)) from None
 
 
+def at_least(where: str, cfg: Any, names: tuple[str, ...], low: float, strict: bool = False) -> None:
+    """A config's range check: each named field (None allowed) is >= low (> low if strict)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and (value <= low if strict else value < low):
+            raise ValueError(f"{where}.{name} must be {'>' if strict else '>='} {low}, got {value}")
+
+
+def probabilities(where: str, cfg: Any, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and not 0 <= value < 1:
+            raise ValueError(f"{where}.{name} is a probability and must lie in [0, 1), got {value}")
+
+
 def checked(value: Any, hint: Any, where: str) -> Any:
     """`value` if it has type `hint`; a number YAML read as text (PyYAML reads `1e-3` as a
     string) becomes a float where a float is expected; anything else is an error naming `where`."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from rayrec.config_io import at_least, probabilities
+
 # Bodies with names; any other transformers `model_type` that accepts inputs_embeds works too.
 HF_ARCHS = ("xlnet", "gpt2", "bert", "roberta", "albert", "electra", "longformer", "reformer", "llama", "mistral")
 RNN_ARCHS = ("gru", "lstm")
@@ -33,8 +35,7 @@ class HeadConfig:
     def __post_init__(self):
         _choice("heads[].task", self.task, TASKS)
         _choice("heads[].summary", self.summary, SUMMARIES)
-        if self.weight < 0:
-            raise ValueError(f"model.heads[].weight must be >= 0, got {self.weight}")
+        at_least("model.heads[]", self, ("weight",), 0)
 
 
 @dataclass
@@ -106,17 +107,11 @@ class ModelConfig:
         for name in ("mlm_probability", "plm_probability"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must lie in (0, 1), got {getattr(self, name)}")
-        for name in ("dropout", "input_dropout", "label_smoothing", "swap_noise"):
-            value = getattr(self, name)
-            if value is not None and not 0 <= value < 1:
-                raise ValueError(f"model.{name} is a probability and must lie in [0, 1), got {value}")
+        probabilities("model", self, ("dropout", "input_dropout", "label_smoothing", "swap_noise"))
         if self.max_len < 2:
             raise ValueError(f"model.max_len must be >= 2 (an input and a target), got {self.max_len}")
-        for name in ("d_model", "n_layer", "n_head", "plm_max_span", "embedding_dim",
-                     "soft_onehot_buckets", "soft_onehot_dim"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"model.{name} must be >= 1, got {value}")
+        at_least("model", self, ("d_model", "n_layer", "n_head", "plm_max_span", "embedding_dim",
+                                 "soft_onehot_buckets", "soft_onehot_dim"), 1)
         if self.arch not in RNN_ARCHS and self.d_model % self.n_head:
             raise ValueError(f"model.d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
         for name, value in [("embedding_dims." + k, v) for k, v in self.embedding_dims.items()] + \
@@ -124,12 +119,8 @@ class ModelConfig:
                 [("input_mlp[]", v) for v in self.input_mlp]:
             if value < 1:
                 raise ValueError(f"model.{name} must be >= 1, got {value}")
-        for name in ("rtd_weight", "next_item_weight", "sampled_negatives"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"model.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("temperature", "embedding_init_std", "embedding_dim_multiplier"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"model.{name} must be > 0, got {getattr(self, name)}")
+        at_least("model", self, ("rtd_weight", "next_item_weight", "sampled_negatives"), 0)
+        at_least("model", self, ("temperature", "embedding_init_std", "embedding_dim_multiplier"), 0, strict=True)
         if self.loss == "sampled" and not (self.sampled_negatives > 0 or self.sampled_in_batch):
             raise ValueError("model.loss sampled needs sampled_negatives > 0 or sampled_in_batch")
         for col, spec in self.pretrained_embeddings.items():

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rayrec.config_io import at_least
+
 
 @dataclass
 class TrainConfig:
@@ -73,15 +75,9 @@ class TrainConfig:
             raise ValueError(f"train.precision must be auto, fp32, bf16 or fp16; got {self.precision!r}")
         if self.precision == "fp16" and not self.use_gpu:
             raise ValueError("train.precision fp16 needs use_gpu (on CPU use bf16)")
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("weight_decay", "max_failures"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("lr", "cosine_cycles_per_epoch"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ValueError(f"train.{name} must be > 0, got {getattr(self, name)}")
+        at_least("train", self, ("epochs", "batch_size", "eval_batch_size"), 1)
+        at_least("train", self, ("weight_decay", "max_failures"), 0)
+        at_least("train", self, ("lr", "cosine_cycles_per_epoch"), 0, strict=True)
 
     def sparse_embedding_sync(self, loss: str) -> bool:
         """Exchange catalogue tables' gradients as rows: asked for, or `auto` under sampled softmax."""
