@@ -8,22 +8,8 @@
    hash gives four 16-bit slices, one per element; an element is kept when its slice is at
    least `threshold` (p * 65536), so the keep probability is exact to 1/65536. */
 #include <stdint.h>
-#include <string.h>
 
-static inline float bf16_in(uint16_t v) {
-    uint32_t u = (uint32_t)v << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline uint16_t bf16_out(float f) {  /* round to nearest even (values here are finite or NaN-free products) */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
+#include "bf16.h"
 
 static inline uint64_t mix(uint64_t z) {
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -50,7 +36,7 @@ void dropout_apply(int64_t n, const void *x, void *out, int32_t bf16, uint64_t s
             const uint16_t *a = x;
             uint16_t *o = out;
 #pragma omp simd
-            for (int64_t i = i0; i < i1; i++) o[i] = bf16_out(bf16_in(a[i]) * kept(seed, i, threshold, scale));
+            for (int64_t i = i0; i < i1; i++) o[i] = f32_to_bf16(bf16_to_f32(a[i]) * kept(seed, i, threshold, scale));
         } else {
             const float *a = x;
             float *o = out;

@@ -30,7 +30,7 @@ def hashed(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     x = x.contiguous()
     out = torch.empty_like(x)
     native.library().dropout_apply(x.numel(), x.data_ptr(), out.data_ptr(), int(x.dtype == torch.bfloat16), seed,
-                                   round(p * 65536), 1 / (1 - p), native.threads())
+                                   round(p * 65536), 1 / (1 - p), torch.get_num_threads())
     return out
 
 

@@ -101,53 +101,30 @@ class LinearCrossEntropy(torch.autograd.Function):
             wm = w.new_zeros((padded(c, COL_QUANTUM), hm.shape[1]), dtype=mm_dtype)
             wm[:c, :d], wm[:c, d] = w, b
         full = hm @ wm.t()  # one matmul: row blocks of it would each re-read all of w
-        logits = full[:n, :c]
         ctx.smoothing = smoothing
         ctx.native = softmax_rows.supports(full) and native.enabled()
-        if ctx.native:  # the row passes in C: each row read and written once
-            lse, inv, picked, total = softmax_rows.forward(logits, labels.contiguous(), bool(smoothing),
-                                                           None if mm_dtype else b.contiguous())
-            ctx.buffer, ctx.wide = full, None
-            ctx.save_for_backward(hm, wm, inv, labels.contiguous())
-            return mean_loss(lse, picked, smoothing, total / c if smoothing else None)
-        rows = block_rows(c)
-        wide = None if mm_dtype is None else logits.new_empty((min(rows, n), c), dtype=torch.float32)
-        picked, total, stats = [], [], []
-        for part, y in zip(logits.split(rows), labels.split(rows)):
-            block = part.add_(b) if wide is None else wide[:len(part)].copy_(part)
-            picked.append(block.gather(1, y[:, None]).squeeze(1))
-            if smoothing:
-                total.append(block.sum(1))
-            stats.append(exp_in_place(block))
-            if block is not part:
-                part.copy_(block)
-        lse, inv = torch.cat([s[0] for s in stats]), torch.cat([s[1] for s in stats])
-        ctx.buffer, ctx.wide = full, wide
+        labels = labels.contiguous()
+        bias = None if ctx.folded else b.contiguous()
+        passes = softmax_rows.forward if ctx.native else blockwise_forward  # C: each row read and written once
+        lse, inv, picked, total = passes(full[:n, :c], labels, bool(smoothing), bias)
+        ctx.buffer = full
         ctx.save_for_backward(hm, wm, inv, labels)
-        return mean_loss(lse, torch.cat(picked), smoothing, torch.cat(total) / c if smoothing else None)
+        return mean_loss(lse, picked, smoothing, total / c if smoothing else None)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         h, w, inv, labels = ctx.saved_tensors
         n, (c, d) = len(labels), ctx.shape
         scale = grad / n
-        buffer, wide, ctx.buffer, ctx.wide = ctx.buffer, ctx.wide, None, None  # bf16: [padded rows, padded c], zero past n and c
+        buffer, ctx.buffer = ctx.buffer, None  # bf16: [padded rows, padded c], zero past n and c
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         folded = ctx.folded  # bf16: the bias is w's last column
-        gb = torch.zeros(buffer.shape[1], dtype=buffer.dtype, device=buffer.device) if need_b and not folded else None
-        rows, spread = block_rows(buffer.shape[1]), ctx.smoothing * scale / c
+        spread, logits = ctx.smoothing * scale / c, buffer[:n, :c]
         if ctx.native:
-            gb = softmax_rows.backward(buffer[:n, :c], labels, inv, float(scale), float(spread),
-                                       float((1 - ctx.smoothing) * scale), bias_grad=gb is not None)
-        for start in range(0, 0 if ctx.native else n, rows):  # the gradient in the buffer, block by block in cache
-            part = buffer[start:min(start + rows, n), :c]
-            block = part if wide is None else wide[:len(part)].copy_(part)
-            g = softmax_minus_target(block, inv[start:start + rows], labels[start:start + rows], scale,
-                                     ctx.smoothing, spread)
-            if gb is not None:
-                gb.add_(g.sum(0))
-            if block is not part:
-                part.copy_(g)
+            gb = softmax_rows.backward(logits, labels, inv, float(scale), float(spread),
+                                       float((1 - ctx.smoothing) * scale), bias_grad=need_b and not folded)
+        else:
+            gb = blockwise_backward(logits, labels, inv, scale, ctx.smoothing, spread, bias_grad=need_b and not folded)
         h_dtype, w_dtype, b_dtype = ctx.dtypes
         gh = (buffer @ w)[:n, :d] if need_h else None
         gw = (buffer.t() @ h)[:c] if need_w or (need_b and folded) else None
@@ -156,6 +133,47 @@ class LinearCrossEntropy(torch.autograd.Function):
             gw = gw[:, :d] if need_w else None
         return (gh.to(h_dtype) if gh is not None else None, gw.to(w_dtype) if gw is not None else None, gb,
                 None, None, None)
+
+
+def blockwise_forward(logits: torch.Tensor, labels: torch.Tensor, with_total: bool, bias: torch.Tensor | None):
+    """softmax_rows.forward's results in torch passes, block by block in cache: bf16 blocks
+    are widened to fp32 and narrowed back; others get their bias added in place."""
+    rows, wide = block_rows(logits.shape[1]), _wide(logits)
+    picked, total, stats = [], [], []
+    for part, y in zip(logits.split(rows), labels.split(rows)):
+        block = (part.add_(bias) if bias is not None else part) if wide is None else wide[:len(part)].copy_(part)
+        picked.append(block.gather(1, y[:, None]).squeeze(1))
+        if with_total:
+            total.append(block.sum(1))
+        stats.append(exp_in_place(block))
+        if block is not part:
+            part.copy_(block)
+    lse, inv = torch.cat([s[0] for s in stats]), torch.cat([s[1] for s in stats])
+    return lse, inv, torch.cat(picked), torch.cat(total) if with_total else None
+
+
+def blockwise_backward(x: torch.Tensor, labels: torch.Tensor, inv: torch.Tensor, scale: torch.Tensor,
+                       smoothing: float, spread, bias_grad: bool) -> torch.Tensor | None:
+    """softmax_rows.backward in torch passes (no host sync), block by block in cache."""
+    rows, wide = block_rows(x.shape[1]), _wide(x)
+    gb = torch.zeros(x.shape[1], dtype=x.dtype if wide is None else torch.float32, device=x.device) \
+        if bias_grad else None
+    for start in range(0, len(x), rows):
+        part = x[start:start + rows]
+        block = part if wide is None else wide[:len(part)].copy_(part)
+        g = softmax_minus_target(block, inv[start:start + rows], labels[start:start + rows], scale, smoothing, spread)
+        if gb is not None:
+            gb.add_(g.sum(0))
+        if block is not part:
+            part.copy_(g)
+    return gb
+
+
+def _wide(x: torch.Tensor) -> torch.Tensor | None:
+    """bf16 logits: an fp32 block to widen rows into (the arithmetic stays fp32)."""
+    if x.dtype != torch.bfloat16:
+        return None
+    return x.new_empty((min(block_rows(x.shape[1]), len(x)), x.shape[1]), dtype=torch.float32)
 
 
 def softmax_minus_target(numerators: torch.Tensor, inv: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor,

@@ -9,8 +9,9 @@ The library is compiled with the machine's C compiler (`-march=native`, so it is
 per CPU as well as per source) into ~/.cache/rayrec/kernels, and published by an atomic
 rename so that concurrent workers never load a half-written file. It links OpenMP by the
 name torch's runtime already loaded (libgomp.so.1), so its loops share torch's thread pool:
-a second pool of threads measured slower, competing with torch's spinning workers. Without a compiler, or
-with RAYREC_NATIVE_KERNELS=0, every caller keeps its torch path; both paths are tested.
+a second pool of threads measured slower, competing with torch's spinning workers.
+Without a compiler, or with RAYREC_NATIVE_KERNELS=0, every caller keeps its torch path;
+both paths are tested.
 Nothing is loaded but the file this module compiled from its own sources.
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = tuple(os.path.join(HERE, name) for name in ("softmax_rows.c", "dropout.c"))
+HEADERS = (os.path.join(HERE, "bf16.h"),)
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fPIC", "-shared")
 
 
@@ -60,10 +62,10 @@ def library() -> ctypes.CDLL | None:
 def build(flags: tuple[str, ...]) -> str | None:
     """The compiled library's path in the cache (compiled now if it is not there)."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None or not all(os.path.exists(s) for s in SOURCES):
+    if compiler is None or not all(os.path.exists(s) for s in SOURCES + HEADERS):
         return None
     key = hashlib.sha256(_cpu().encode() + compiler.encode() + " ".join(flags).encode())
-    for source in SOURCES:
+    for source in SOURCES + HEADERS:
         with open(source, "rb") as f:
             key.update(f.read())
     path = os.path.join(cache_dir(), f"rayrec-kernels-{key.hexdigest()[:16]}.so")
@@ -99,6 +101,3 @@ def load(path: str) -> ctypes.CDLL | None:
         fn.restype = None
     return lib
 
-
-def threads() -> int:
-    return torch.get_num_threads()

@@ -13,7 +13,7 @@ import ctypes
 
 import torch
 
-from rayrec.models.native import library, threads
+from rayrec.models.native import library
 
 BIAS_CHUNK = 64  # rows per partial sum of the bias gradient
 
@@ -44,7 +44,7 @@ def forward(x: torch.Tensor, labels: torch.Tensor, with_total: bool, bias: torch
     (lib or library()).softmax_rows_forward(n, x.data_ptr(), int(x.dtype == torch.bfloat16), c, x.stride(0),
                                             bias.data_ptr() if bias is not None else None, labels.data_ptr(),
                                             lse.data_ptr(), inv.data_ptr(), picked.data_ptr(),
-                                            total.data_ptr() if total is not None else None, threads())
+                                            total.data_ptr() if total is not None else None, torch.get_num_threads())
     return lse, inv, picked, total
 
 
@@ -60,5 +60,6 @@ def backward(x: torch.Tensor, labels: torch.Tensor, inv: torch.Tensor, scale: fl
     sums = torch.zeros((max(1, -(-n // BIAS_CHUNK)), x.shape[1]), dtype=torch.float32) if bias_grad else None
     (lib or library()).softmax_rows_backward(n, x.data_ptr(), int(x.dtype == torch.bfloat16), x.shape[1],
                                              x.stride(0), labels.data_ptr(), inv.data_ptr(), scale, spread, target,
-                                             sums.data_ptr() if sums is not None else None, BIAS_CHUNK, threads())
+                                             sums.data_ptr() if sums is not None else None, BIAS_CHUNK,
+                                             torch.get_num_threads())
     return sums.sum(0) if sums is not None else None
