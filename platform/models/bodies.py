@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from rayrec.models import attention
+from rayrec.models import attention, gru_fast
 from rayrec.models.config import ModelConfig
 from rayrec.models.dropout import use_fast_dropout
 from rayrec.models.xlnet_fast import use_fast_xlnet
@@ -94,7 +94,8 @@ class HFBody(nn.Module):
 
 class RNNBody(nn.Module):
     """GRU / LSTM over right-padded sequences: padding comes after every real position, so
-    the outputs at real positions never depend on it."""
+    the outputs at real positions never depend on it. On CPU the GRU runs only the real
+    positions (gru_fast.py)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -104,6 +105,10 @@ class RNNBody(nn.Module):
         self.causal_by = CAUSAL_NATIVE
 
     def forward(self, x: torch.Tensor, attend: torch.Tensor, perm_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if gru_fast.applies(self.rnn, x):
+            out = gru_fast.gru(self.rnn, x, attend)
+            if out is not None:
+                return out
         return self.rnn(x)[0]
 
 

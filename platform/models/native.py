@@ -1,9 +1,10 @@
-"""rayrec's C kernels (softmax_rows.c, dropout.c): built on first use, loaded by ctypes,
+"""rayrec's C kernels (softmax_rows.c, dropout.c, gru.c): built on first use, loaded by ctypes,
 and run on torch's own OpenMP threads.
 
 Eager torch leaves some of a CPU step's passes without a fused kernel: the loss's softmax
-over bf16 logits, and dropout, whose mask it draws and applies in separate passes. Those
-are small loops in C here, with no Python or torch headers.
+over bf16 logits, dropout, whose mask it draws and applies in separate passes, and a GRU
+step's gates (ten small ops per time step). Those are small loops in C here, with no
+Python or torch headers.
 
 The library is compiled with the machine's C compiler (`-march=native`, so it is cached
 per CPU as well as per source) into ~/.cache/rayrec/kernels, and published by an atomic
@@ -28,8 +29,8 @@ import tempfile
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = tuple(os.path.join(HERE, name) for name in ("softmax_rows.c", "dropout.c"))
-HEADERS = (os.path.join(HERE, "bf16.h"),)
+SOURCES = tuple(os.path.join(HERE, name) for name in ("softmax_rows.c", "dropout.c", "gru.c"))
+HEADERS = tuple(os.path.join(HERE, name) for name in ("bf16.h", "expf.h"))
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fPIC", "-shared")
 
 
@@ -97,7 +98,10 @@ def load(path: str) -> ctypes.CDLL | None:
     lib.softmax_rows_forward.argtypes = [i64, ptr, i32, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, i32]
     lib.softmax_rows_backward.argtypes = [i64, ptr, i32, i64, i64, ptr, ptr, f32, f32, f32, ptr, i64, i32]
     lib.dropout_apply.argtypes = [i64, ptr, ptr, i32, u64, u32, f32, i32]
-    for fn in (lib.softmax_rows_forward, lib.softmax_rows_backward, lib.dropout_apply):
+    lib.gru_step_forward.argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr, i32]
+    lib.gru_step_backward.argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32]
+    for fn in (lib.softmax_rows_forward, lib.softmax_rows_backward, lib.dropout_apply, lib.gru_step_forward,
+               lib.gru_step_backward):
         fn.restype = None
     return lib
 

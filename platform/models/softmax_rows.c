@@ -12,32 +12,10 @@
 #include <string.h>
 
 #include "bf16.h"
+#include "expf.h"
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
-
-/* exp(x) for x <= 0 (x - rowmax), branch-free so that the loop vectorizes: 2^n * p(r)
-   with x = n ln2 + r, |r| <= ln2 / 2, and a degree-6 polynomial (relative error < 2e-7).
-   Below -87 the result is 0, as float exp underflows there too. */
-static inline float exp_nonpositive(float x) {
-    const float lo = -87.0f;
-    float xc = x < lo ? lo : x;
-    float n = rintf(xc * 1.44269504088896341f);
-    float r = xc - n * 0.693359375f;       /* ln2 split in two for an exact first product */
-    r = r + n * 2.12194440e-4f;
-    float p = 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    int32_t e = (int32_t)n + 127;
-    uint32_t bits = (uint32_t)e << 23;
-    float scale;
-    memcpy(&scale, &bits, 4);
-    return x < lo ? 0.0f : p * scale;
-}
 
 static inline float get(const void *row, int64_t j, int bf16) {
     return bf16 ? bf16_to_f32(((const uint16_t *)row)[j]) : ((const float *)row)[j];
