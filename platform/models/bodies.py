@@ -22,6 +22,7 @@ from torch import nn
 from rayrec.models import attention, gru_fast
 from rayrec.models.config import ModelConfig
 from rayrec.models.dropout import use_fast_dropout
+from rayrec.models.llama_fast import use_fast_llama
 from rayrec.models.xlnet_fast import use_fast_xlnet
 
 CAUSAL_NATIVE, CAUSAL_DECODER, CAUSAL_MASK4D, CAUSAL_PERM = "native", "is_decoder", "mask4d", "perm_mask"
@@ -134,7 +135,7 @@ def _build_hf(cfg: ModelConfig) -> HFBody:
     seed = int(torch.randint(0, 2**62, (1,)))
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        body = HFBody(use_fast_xlnet(hf_model(AutoConfig.for_model(cfg.arch, **settings))), cfg, None)
+        body = HFBody(use_fast_llama(use_fast_xlnet(hf_model(AutoConfig.for_model(cfg.arch, **settings)))), cfg, None)
         if is_causal(body, cfg):
             body.causal_by = CAUSAL_NATIVE
             return body

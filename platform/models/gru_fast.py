@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from rayrec.models import native
+from rayrec.models.batch import right_padded
 from rayrec.models.dropout import fast_dropout
 from rayrec.models.losses import ROW_QUANTUM, padded
 
@@ -36,10 +37,9 @@ def applies(rnn: nn.Module, x: torch.Tensor) -> bool:
 def packing(attend: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, int]]] | None:
     """(flat [B*L] index of each real position, time-major; [(offset, rows)] per step), or
     None when `attend` is not a prefix in every row (then padding sits between events)."""
-    B, L = attend.shape
-    lengths = attend.sum(1)
-    if not bool((attend == (torch.arange(L, device=attend.device) < lengths[:, None])).all()):
+    if not right_padded(attend):
         return None
+    L, lengths = attend.shape[1], attend.sum(1)
     order = torch.argsort(lengths, descending=True, stable=True)
     running = torch.arange(L)[:, None] < lengths[order][None, :]  # [L, B] in sorted order
     index = (order[None, :] * L + torch.arange(L)[:, None])[running]
