@@ -22,6 +22,7 @@ from torch import nn
 from rayrec.models import attention, gru_fast
 from rayrec.models.config import ModelConfig
 from rayrec.models.dropout import use_fast_dropout
+from rayrec.models.gpt2_fast import use_fast_gpt2
 from rayrec.models.llama_fast import use_fast_llama
 from rayrec.models.xlnet_fast import use_fast_xlnet
 
@@ -135,7 +136,7 @@ def _build_hf(cfg: ModelConfig) -> HFBody:
     seed = int(torch.randint(0, 2**62, (1,)))
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        body = HFBody(use_fast_llama(use_fast_xlnet(hf_model(AutoConfig.for_model(cfg.arch, **settings)))), cfg, None)
+        body = HFBody(fast_variant(hf_model(AutoConfig.for_model(cfg.arch, **settings))), cfg, None)
         if is_causal(body, cfg):
             body.causal_by = CAUSAL_NATIVE
             return body
@@ -153,6 +154,11 @@ def _build_hf(cfg: ModelConfig) -> HFBody:
         raise ValueError(f"model.arch {cfg.arch} cannot be made to attend causally, so it cannot train with "
                          "clm without seeing the future; use masking mlm, plm or rtd")
     return body
+
+
+def fast_variant(model: nn.Module) -> nn.Module:
+    """rayrec's forward for the HF models it has one for (same parameters, same function)."""
+    return use_fast_gpt2(use_fast_llama(use_fast_xlnet(model)))
 
 
 def hf_model(config) -> nn.Module:
