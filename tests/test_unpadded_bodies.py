@@ -5,9 +5,11 @@ import copy
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2Model, LlamaConfig, LlamaModel
+from transformers import (BertConfig, BertModel, ElectraConfig, ElectraModel, GPT2Config, GPT2Model, LlamaConfig,
+                          LlamaModel, RobertaConfig, RobertaModel)
 
 from rayrec.models import attention
+from rayrec.models.bert_fast import FAST
 from rayrec.models.bodies import build_body, fast_variant
 from rayrec.models.config import ModelConfig
 from rayrec.models.dropout import use_fast_dropout
@@ -19,8 +21,16 @@ LLAMA = dict(vocab_size=1, hidden_size=32, num_hidden_layers=2, num_attention_he
              bos_token_id=None, eos_token_id=None)
 GPT2 = dict(vocab_size=1, n_positions=12, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0,
             attn_pdrop=0.0, bos_token_id=None, eos_token_id=None, activation_function="gelu_pytorch_tanh")
-KINDS = {"llama": (LlamaConfig, LlamaModel, FastLlamaModel, LLAMA), "gpt2": (GPT2Config, GPT2Model, FastGPT2Model, GPT2)}
-DROPOUT = {"llama": {"attention_dropout": 0.3}, "gpt2": {"resid_pdrop": 0.3, "embd_pdrop": 0.3, "attn_pdrop": 0.3}}
+BERT = dict(vocab_size=1, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=12, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=0,
+            type_vocab_size=1)
+KINDS = {"llama": (LlamaConfig, LlamaModel, FastLlamaModel, LLAMA), "gpt2": (GPT2Config, GPT2Model, FastGPT2Model, GPT2),
+         "electra": (ElectraConfig, ElectraModel, FAST[ElectraModel], {**BERT, "embedding_size": 32}),
+         "bert": (BertConfig, BertModel, FAST[BertModel], BERT),
+         "roberta": (RobertaConfig, RobertaModel, FAST[RobertaModel], {**BERT, "max_position_embeddings": 14})}
+BERT_DROPOUT = {"hidden_dropout_prob": 0.3, "attention_probs_dropout_prob": 0.3}
+DROPOUT = {"llama": {"attention_dropout": 0.3}, "gpt2": {"resid_pdrop": 0.3, "embd_pdrop": 0.3, "attn_pdrop": 0.3},
+           "electra": BERT_DROPOUT, "bert": BERT_DROPOUT, "roberta": BERT_DROPOUT}
 
 
 def pair(kind="llama", **overrides):
@@ -50,11 +60,14 @@ def run(model, x, attend, weight):
 
 @pytest.mark.parametrize("kind,overrides", [("llama", {}), ("llama", {"num_key_value_heads": 2}),
                                             ("llama", {"attention_bias": True, "mlp_bias": True}), ("gpt2", {}),
-                                            ("gpt2", {"scale_attn_by_inverse_layer_idx": True})],
-                         ids=["llama", "llama-gqa", "llama-biases", "gpt2", "gpt2-layer-scaled"])
+                                            ("gpt2", {"scale_attn_by_inverse_layer_idx": True}), ("electra", {}),
+                                            ("electra", {"is_decoder": True}), ("electra", {"embedding_size": 16}),
+                                            ("bert", {}), ("roberta", {})],
+                         ids=["llama", "llama-gqa", "llama-biases", "gpt2", "gpt2-layer-scaled", "electra",
+                              "electra-decoder", "electra-projected", "bert", "roberta"])
 def test_equal_to_hf_at_real_positions_values_and_gradients(kind, overrides):
     hf, fast = pair(kind, **overrides)
-    x, attend = sessions()
+    x, attend = sessions(d=overrides.get("embedding_size", 32))   # the embedding's width
     weight = torch.randn(*attend.shape, 32) * attend[..., None]   # the loss reads real positions only
     want, want_grads = run(hf, x, attend, weight)
     got, got_grads = run(fast, x, attend, weight)
@@ -104,6 +117,7 @@ def test_other_calls_go_to_hf(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_rayrecs_body_is_the_fast_one_and_still_causal(kind):
+def test_rayrecs_body_is_the_fast_one_and_clm_still_causal(kind):
     body = build_body(ModelConfig(arch=kind, d_model=32, n_head=4, n_layer=1, max_len=10, masking="clm"))
-    assert type(body.model) is KINDS[kind][2] and body.causal_by == "native"
+    assert type(body.model) is KINDS[kind][2]
+    assert body.causal_by == ("native" if kind in ("llama", "gpt2") else "is_decoder")

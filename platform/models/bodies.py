@@ -21,6 +21,7 @@ from torch import nn
 
 from rayrec.models import attention, gru_fast
 from rayrec.models.config import ModelConfig
+from rayrec.models.bert_fast import use_fast_encoder
 from rayrec.models.dropout import use_fast_dropout
 from rayrec.models.gpt2_fast import use_fast_gpt2
 from rayrec.models.llama_fast import use_fast_llama
@@ -145,7 +146,8 @@ def _build_hf(cfg: ModelConfig) -> HFBody:
         if cfg.arch == "xlnet":
             body.causal_by = CAUSAL_PERM
         elif cfg.arch not in ("longformer",):  # try is_decoder, then an explicit 4-D mask
-            decoder = HFBody(hf_model(AutoConfig.for_model(cfg.arch, **settings, is_decoder=True)), cfg, None)
+            decoder = HFBody(fast_variant(hf_model(AutoConfig.for_model(cfg.arch, **settings, is_decoder=True))), cfg,
+                             None)
             if _safe_causal(decoder, cfg):
                 decoder.causal_by = CAUSAL_DECODER
                 return decoder
@@ -158,7 +160,7 @@ def _build_hf(cfg: ModelConfig) -> HFBody:
 
 def fast_variant(model: nn.Module) -> nn.Module:
     """rayrec's forward for the HF models it has one for (same parameters, same function)."""
-    return use_fast_gpt2(use_fast_llama(use_fast_xlnet(model)))
+    return use_fast_encoder(use_fast_gpt2(use_fast_llama(use_fast_xlnet(model))))
 
 
 def hf_model(config) -> nn.Module:

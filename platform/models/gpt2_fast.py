@@ -6,7 +6,7 @@ of its projections, MLP and LayerNorms were spent on padding; GPT-2 attends caus
 no real position ever sees a padded one. `FastGPT2Model` computes the same function for
 the calls rayrec makes (inputs_embeds and a 2-D right-padded mask, no cache, default
 positions, no cross-attention) on the real positions' rows, with attention on the padded
-grid (unpad.causal_attention) and each dropout where HF draws it. Parameters and their
+grid (unpad.grid_attention) and each dropout where HF draws it. Parameters and their
 names are HF's; any other call goes to HF's own forward. tests/test_gpt2_fast.py holds
 the two equal at the real positions, values and gradients.
 """
@@ -16,7 +16,7 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 from transformers.models.gpt2.modeling_gpt2 import GPT2Model
 
-from rayrec.models.unpad import Rows, causal_attention, rows_of
+from rayrec.models.unpad import Rows, grid_attention, rows_of
 
 
 class FastGPT2Model(GPT2Model):
@@ -43,7 +43,7 @@ class FastGPT2Model(GPT2Model):
 
 def self_attention(a: nn.Module, x, rows: Rows):
     q, k, v = a.c_attn(x).view(len(x), 3 * a.num_heads, a.head_dim).chunk(3, dim=1)
-    out = causal_attention(a, q, k, v, rows, dropout=a.attn_dropout.p if a.training else 0.0, scaling=a.scaling)
+    out = grid_attention(a, q, k, v, rows, dropout=a.attn_dropout.p if a.training else 0.0, scaling=a.scaling)
     return a.resid_dropout(a.c_proj(out))
 
 

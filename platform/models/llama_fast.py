@@ -7,7 +7,7 @@ causally, so no real position ever sees a padded one.
 `FastLlamaModel` computes the same function for the calls rayrec makes (inputs_embeds and
 a 2-D right-padded mask, no cache, default positions) on the real positions' rows: q, k
 and v in one matmul, gate and up in one, RMSNorm in one kernel, and attention on the
-padded grid (unpad.causal_attention). Parameters and their names are HF's; any other call
+padded grid (unpad.grid_attention). Parameters and their names are HF's; any other call
 (a cache, position ids, left padding, an export trace) goes to HF's own forward.
 tests/test_llama_fast.py holds the two equal at the real positions, values and gradients.
 """
@@ -19,7 +19,7 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.models.llama.modeling_llama import LlamaModel, LlamaRMSNorm, rotate_half
 
-from rayrec.models.unpad import Rows, causal_attention, rows_of
+from rayrec.models.unpad import Rows, grid_attention, linears, rows_of
 
 
 class FastLlamaModel(LlamaModel):
@@ -49,19 +49,13 @@ def rms_norm(norm: LlamaRMSNorm, h: torch.Tensor) -> torch.Tensor:
     return norm(h)
 
 
-def linears(x: torch.Tensor, modules: list[nn.Linear]) -> torch.Tensor:
-    """x through several linears with one matmul (their outputs side by side)."""
-    bias = None if modules[0].bias is None else torch.cat([m.bias for m in modules])
-    return F.linear(x, torch.cat([m.weight for m in modules]), bias)
-
-
 def self_attention(a: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: Rows) -> torch.Tensor:
     dh = a.head_dim
     heads, kv_heads = a.q_proj.out_features // dh, a.k_proj.out_features // dh
     qkv = linears(x, [a.q_proj, a.k_proj, a.v_proj]).view(len(x), heads + 2 * kv_heads, dh)
     qk, v = qkv[:, :heads + kv_heads], qkv[:, heads + kv_heads:]
     qk = qk * cos[:, None].to(qk.dtype) + rotate_half(qk) * sin[:, None].to(qk.dtype)
-    out = causal_attention(a, qk[:, :heads], qk[:, heads:], v, rows,
+    out = grid_attention(a, qk[:, :heads], qk[:, heads:], v, rows,
                            dropout=a.attention_dropout if a.training else 0.0, scaling=a.scaling)
     return a.o_proj(out)
 

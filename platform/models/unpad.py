@@ -1,11 +1,12 @@
 """The real positions of right-padded sessions as rows, for the bodies that skip padding
-(llama_fast, gpt2_fast).
+(llama_fast, gpt2_fast, bert_fast).
 
 Sessions average about 6 events of max_len 20, so a body that runs all [batch, max_len]
 positions spends about two thirds of its per-position work (projections, MLP, norms) on
-padding. A causal body never lets a real position see a padded one, so only attention
-needs the [batch, length] layout: `Rows` gathers the real positions once, attention
-scatters q, k and v into the grid and gathers its output back.
+padding. Only attention needs the [batch, length] layout, and in it no real position sees
+a padded one (causal attention never looks ahead; bidirectional attention masks the
+padded keys): `Rows` gathers the real positions once, attention scatters q, k and v into
+the grid and gathers its output back.
 
 The rows are padded with zeros to a multiple of 64: under bf16 autocast oneDNN builds a
 matmul kernel per shape (about 2 ms each, measured), and the number of real positions
@@ -16,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from rayrec.models import attention
 from rayrec.models.batch import right_padded
@@ -62,13 +65,23 @@ def rows_of(attention_mask: torch.Tensor | None) -> Rows | None:
     return Rows(real, B, L, padded(max(len(real), 1), ROW_QUANTUM))
 
 
-def causal_attention(module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: Rows, dropout: float,
-                     scaling: float) -> torch.Tensor:
-    """Causal attention of rows q [rows, H, dh], k and v [rows, Hkv, dh] -> [rows, H * dh],
-    on rayrec's attention (HF's sdpa, or its math path with the cheap dropout mask)."""
+def grid_attention(module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: Rows, dropout: float,
+                   scaling: float, causal: bool = True) -> torch.Tensor:
+    """Attention of rows q [rows, H, dh], k and v [rows, Hkv, dh] -> [rows, H * dh], causal
+    or over each session's real keys, on rayrec's attention (HF's sdpa, or its math path
+    with the cheap dropout mask)."""
     heads, kv_heads, dh = q.shape[1], k.shape[1], q.shape[2]
-    qkv = torch.cat([q, k, v], 1)
-    grid = rows.scatter(qkv).transpose(1, 2)                               # [B, H + 2 Hkv, L, dh]
+    grid = rows.scatter(torch.cat([q, k, v], 1)).transpose(1, 2)          # [B, H + 2 Hkv, L, dh]
     q, k, v = grid.split([heads, kv_heads, kv_heads], dim=1)
-    out, _ = attention.attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True)
+    mask = None
+    if not causal:   # real keys only; an empty session keeps key 0, so that no row is all masked (NaN)
+        lengths = torch.bincount(rows.real // rows.L, minlength=rows.B).clamp(min=1)
+        mask = (torch.arange(rows.L, device=q.device) < lengths[:, None])[:, None, None, :]
+    out, _ = attention.attention_forward(module, q, k, v, mask, dropout=dropout, scaling=scaling, is_causal=causal)
     return rows.gather(out.reshape(rows.B * rows.L, heads * dh))           # out: [B, L, H, dh]
+
+
+def linears(x: torch.Tensor, modules: list[nn.Linear]) -> torch.Tensor:
+    """x through several linears with one matmul (their outputs side by side)."""
+    bias = None if modules[0].bias is None else torch.cat([m.bias for m in modules])
+    return F.linear(x, torch.cat([m.weight for m in modules]), bias)
