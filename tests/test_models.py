@@ -123,6 +123,28 @@ def test_every_model_option_is_documented():
     assert not missing
 
 
+@pytest.mark.parametrize("path", ["c", "torch"])
+def test_generator_logits_sampling_draws_each_item_at_its_softmax_probability(path, monkeypatch):
+    """ELECTRA's proposals from the generator's logits: each item at its softmax
+    probability, never an item at -inf (the codes below the first item), on both paths."""
+    from rayrec.models import native
+    from rayrec.models.masking import sample_logits
+
+    if path == "torch":
+        monkeypatch.setenv("RAYREC_NATIVE_KERNELS", "0")
+    elif not native.enabled():
+        pytest.skip("no C compiler here")
+    torch.manual_seed(0)
+    probs = torch.tensor([0.0, 0.1, 0.3, 0.0, 0.6])
+    logits = probs.log().repeat(40_000, 1).to(torch.bfloat16)
+    logits[1::2] = float("-inf")
+    logits[1::2, 4] = 1.0
+    drawn = sample_logits(logits).view(20_000, 2)
+    first = torch.bincount(drawn[:, 0], minlength=5).double() / 20_000
+    assert first[0] == first[3] == 0 and (drawn[:, 1] == 4).all()
+    assert torch.allclose(first[[1, 2, 4]], probs[[1, 2, 4]].double(), atol=0.015)
+
+
 def test_generator_sampling_draws_each_item_at_its_probability():
     """ELECTRA's proposals (inverse-CDF sampling) follow the generator's distribution and
     never pick an item of zero probability (the codes below the first item)."""

@@ -171,3 +171,17 @@ def test_without_a_compiler_there_is_no_library_and_nothing_is_cached(monkeypatc
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert native.build(native.FLAGS) is None
     assert not any((tmp_path / "cache").rglob("*.so"))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_sample_walks_each_row_to_its_target_and_never_draws_a_zero_weight(lib, dtype):
+    weights = torch.zeros(6, 300, dtype=dtype)
+    weights[:, 10], weights[:, 100], weights[:, 250] = 1.0, 2.0, 1.0       # total 4
+    targets = torch.tensor([0.5, 1.0, 1.01, 3.0, 3.5, 9.0])               # 9.0: past the total
+    drawn = softmax_rows.sample(weights, targets, lib=lib)
+    assert drawn.tolist() == [10, 10, 100, 100, 250, 250]
+    wide = torch.rand(3, 5_000).to(dtype)                                   # many skipped blocks
+    run = wide.float().cumsum(1)
+    t = torch.tensor([0.3, 0.6, 0.999]) * run[:, -1]
+    want = torch.searchsorted(run, t[:, None]).squeeze(1)
+    assert (softmax_rows.sample(wide, t, lib=lib) - want).abs().max() <= 1  # fp32 sums in another order

@@ -98,10 +98,11 @@ def load(path: str) -> ctypes.CDLL | None:
     lib.softmax_rows_forward.argtypes = [i64, ptr, i32, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, i32]
     lib.softmax_rows_backward.argtypes = [i64, ptr, i32, i64, i64, ptr, ptr, f32, f32, f32, ptr, i64, i32]
     lib.dropout_apply.argtypes = [i64, ptr, ptr, i32, u64, u32, f32, i32]
+    lib.sample_rows.argtypes = [i64, ptr, i32, i64, i64, ptr, ptr, i32]
     lib.gru_step_forward.argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr, i32]
     lib.gru_step_backward.argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32]
-    for fn in (lib.softmax_rows_forward, lib.softmax_rows_backward, lib.dropout_apply, lib.gru_step_forward,
-               lib.gru_step_backward):
+    for fn in (lib.softmax_rows_forward, lib.softmax_rows_backward, lib.sample_rows, lib.dropout_apply,
+               lib.gru_step_forward, lib.gru_step_backward):
         fn.restype = None
     return lib
 

@@ -20,7 +20,7 @@ from rayrec.models.bodies import build_body
 from rayrec.models.config import ModelConfig
 from rayrec.models.features import FeatureEmbedding, FeatureSpec
 from rayrec.models.heads import NextItemHead, SequenceHead
-from rayrec.models.masking import Masked, eval_slot, mask_clm, mask_mlm, mask_plm, replace_tokens, sample_rows
+from rayrec.models.masking import Masked, eval_slot, mask_clm, mask_mlm, mask_plm, replace_tokens, sample_logits
 
 PAD = 0
 
@@ -112,8 +112,7 @@ class SessionModel(nn.Module):
                 proposals = pool[torch.randint(0, len(pool), items.shape, device=items.device)]
             else:
                 proposals = torch.zeros_like(items)
-                probs = torch.softmax(self.next_item.full_scores(hidden[hide].detach()).float(), -1)
-                proposals[hide] = sample_rows(probs)
+                proposals[hide] = sample_logits(self.next_item.full_scores(hidden[hide].detach()))
         corrupted, replaced = replace_tokens(items, hide, proposals)
         out = self.encode({**batch, self.item_col: corrupted})
         logits = self.discriminator(out).squeeze(-1)

@@ -203,3 +203,40 @@ void softmax_rows_backward(int64_t n, void *x, int32_t bf16, int64_t c, int64_t 
         }
     }
 }
+
+/* One categorical draw per row of non-negative weights (the forward's exp(x - rowmax)):
+   out[i] = the first column whose running sum reaches target[i], which the caller draws
+   in (0, row total]. Blocks whose sum stays below the target are skipped by a vectorized
+   sum; a column of weight 0 is never drawn (where rounding leaves the target beyond the
+   running total, the last column of positive weight is). */
+#define SAMPLE_BLOCK 64
+void sample_rows(int64_t n, const void *x, int32_t bf16, int64_t c, int64_t ld, const float *target, int64_t *out,
+                 int32_t threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t i = 0; i < n; i++) {
+        const char *row = (const char *)x + i * ld * (bf16 ? 2 : 4);
+        float t = target[i], run = 0.0f;
+        int64_t found = -1;
+        for (int64_t j0 = 0; j0 < c && found < 0; j0 += SAMPLE_BLOCK) {
+            int64_t j1 = j0 + SAMPLE_BLOCK < c ? j0 + SAMPLE_BLOCK : c;
+            float s = 0.0f;
+#pragma omp simd reduction(+:s)
+            for (int64_t j = j0; j < j1; j++) s += get(row, j, bf16);
+            if (run + s < t) {
+                run += s;
+                continue;
+            }
+            for (int64_t j = j0; j < j1; j++) {
+                float v = get(row, j, bf16);
+                run += v;
+                if (v > 0.0f && run >= t) {
+                    found = j;
+                    break;
+                }
+            }
+        }
+        for (int64_t j = c - 1; found < 0 && j >= 0; j--)
+            if (get(row, j, bf16) > 0.0f) found = j;
+        out[i] = found < 0 ? c - 1 : found;
+    }
+}

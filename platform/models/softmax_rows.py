@@ -63,3 +63,15 @@ def backward(x: torch.Tensor, labels: torch.Tensor, inv: torch.Tensor, scale: fl
                                              sums.data_ptr() if sums is not None else None, BIAS_CHUNK,
                                              torch.get_num_threads())
     return sums.sum(0) if sums is not None else None
+
+
+def sample(x: torch.Tensor, target: torch.Tensor, lib: ctypes.CDLL | None = None) -> torch.Tensor:
+    """[n] int64: per row of non-negative weights x (bf16 or fp32, e.g. forward's exp), the
+    first column whose running sum reaches target (drawn in (0, row total])."""
+    if not supports(x) or x.dim() != 2 or x.stride(1) != 1 or target.shape != (len(x),):
+        raise ValueError("softmax_rows.sample: expected CPU bf16 or fp32 rows [n, c] and one target per row")
+    target = target.float().contiguous()
+    out = torch.empty(len(x), dtype=torch.int64)
+    (lib or library()).sample_rows(len(x), x.data_ptr(), int(x.dtype == torch.bfloat16), x.shape[1], x.stride(0),
+                                   target.data_ptr(), out.data_ptr(), torch.get_num_threads())
+    return out
