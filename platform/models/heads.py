@@ -60,8 +60,13 @@ class NextItemHead(nn.Module):
         n = len(hidden)
         if torch.is_autocast_enabled(hidden.device.type) and n % ROW_QUANTUM:
             hidden = torch.cat([hidden, hidden.new_zeros((ROW_QUANTUM - n % ROW_QUANTUM, *hidden.shape[1:]))])
-        out = self.scores(hidden)[:n]
-        return out.index_fill(-1, torch.arange(self.first, device=out.device), NEG)
+        h, w, b = self.linear_parts(hidden)
+        # the bias and the -inf columns in place: addmm would first copy the bias into every
+        # row, and an out-of-place fill copies the whole [N, n_items] block again
+        out = F.linear(h, w)[:n]
+        out.add_(b)
+        out[:, :self.first] = NEG
+        return out
 
     def loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.cfg.loss == "sampled":
