@@ -8,7 +8,7 @@ a padded one (causal attention never looks ahead; bidirectional attention masks 
 padded keys): `Rows` gathers the real positions once, attention scatters q, k and v into
 the grid and gathers its output back.
 
-The rows are padded with zeros to a multiple of 64: under bf16 autocast oneDNN builds a
+Under bf16 autocast the rows are padded with zeros to a multiple of 64: oneDNN builds a
 matmul kernel per shape (about 2 ms each, measured), and the number of real positions
 changes with every batch.
 """
@@ -55,14 +55,16 @@ class Rows:
 
 
 def rows_of(attention_mask: torch.Tensor | None) -> Rows | None:
-    """The rows of a 2-D padding mask, or None where the fast path does not apply (no mask,
-    padding between events, an export trace)."""
-    if (attention_mask is None or attention_mask.dim() != 2 or torch.jit.is_tracing()
-            or torch.onnx.is_in_onnx_export() or not right_padded(attention_mask.bool())):
+    """The rows of a 2-D padding mask, or None where the fast path does not apply: no mask,
+    padding between events, an export trace, or a GPU (where counting the rows is a host
+    sync per forward, and the padded grid was never the bottleneck measured)."""
+    if (attention_mask is None or attention_mask.dim() != 2 or attention_mask.device.type != "cpu"
+            or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or not right_padded(attention_mask.bool())):
         return None
     B, L = attention_mask.shape
     real = attention_mask.bool().reshape(-1).nonzero().squeeze(1)
-    return Rows(real, B, L, padded(max(len(real), 1), ROW_QUANTUM))
+    quantum = ROW_QUANTUM if torch.is_autocast_enabled("cpu") else 1   # fp32 matmuls build no kernel per shape
+    return Rows(real, B, L, padded(max(len(real), 1), quantum))
 
 
 def grid_attention(module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: Rows, dropout: float,
