@@ -1,4 +1,6 @@
-"""rayrec's batch-major XLNet forward computes HF XLNetModel's function, values and gradients."""
+"""rayrec's batch-major XLNet forward computes HF XLNetModel's function, values and gradients,
+at every real position; with a right-padded mask it runs only those (unpad.py), and its
+outputs at padding are zeros (HF's there are never read)."""
 import pytest
 import torch
 from transformers import XLNetConfig, XLNetModel
@@ -49,6 +51,8 @@ def test_values_and_gradients_equal_hf(masks, train):
     hf, fast = pair()
     x, attend = inputs()
     w = torch.randn(B, L, D, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    real = torch.ones(B, L, 1, dtype=torch.float64) if masks == "none" else attend[..., None]
+    w = w * real   # the loss reads real positions only
     kwargs = {} if masks == "none" else {"attention_mask": attend}
     if masks == "padding+causal":
         kwargs["perm_mask"] = torch.ones(L, L, dtype=torch.float64).triu(1).expand(B, L, L)
@@ -60,7 +64,8 @@ def test_values_and_gradients_equal_hf(masks, train):
         (out * w).sum().backward()
         outs.append(out.detach())
         grads.append([xi.grad] + [p.grad for p in model.parameters()])
-    assert torch.allclose(outs[0], outs[1], rtol=1e-10, atol=1e-10)
+    assert torch.allclose(outs[0] * real, outs[1] * real, rtol=1e-10, atol=1e-10)
+    assert not (outs[1] * (1 - real)).any()
     for a, b in zip(*grads):
         assert (a is None) == (b is None)
         if a is not None:
@@ -105,8 +110,9 @@ def test_dropout_is_drawn_in_training_and_off_in_eval():
     assert not torch.allclose(a, b)
     fast.eval()
     hf.eval()
-    assert torch.allclose(fast(inputs_embeds=x, attention_mask=attend).last_hidden_state,
-                          hf(inputs_embeds=x, attention_mask=attend).last_hidden_state, atol=1e-5)
+    real = attend.bool()
+    assert torch.allclose(fast(inputs_embeds=x, attention_mask=attend).last_hidden_state[real],
+                          hf(inputs_embeds=x, attention_mask=attend).last_hidden_state[real], atol=1e-5)
 
 
 def test_bf16_autocast_stays_close_to_hf():
@@ -116,7 +122,7 @@ def test_bf16_autocast_stays_close_to_hf():
     for m in (hf, fast):
         m.eval()
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            outs.append(m(inputs_embeds=x, attention_mask=attend).last_hidden_state.float())
+            outs.append(m(inputs_embeds=x, attention_mask=attend).last_hidden_state.float()[attend.bool()])
     assert torch.allclose(outs[0], outs[1], atol=0.1)
     assert (outs[0] - outs[1]).abs().mean() < 0.02
 
@@ -128,7 +134,7 @@ def test_fp32_training_without_dropout_takes_fused_attention_and_keeps_position_
     x, attend = inputs(torch.float32)
     for m in (hf, fast):
         m.train()
-        m(inputs_embeds=x, attention_mask=attend).last_hidden_state.square().sum().backward()
+        (m(inputs_embeds=x, attention_mask=attend).last_hidden_state * attend[..., None]).square().sum().backward()
     for name, p in hf.named_parameters():
         q = dict(fast.named_parameters())[name]
         if p.grad is not None:

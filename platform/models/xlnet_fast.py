@@ -10,7 +10,9 @@ ms of a 120 ms CPU step on the reference config, benchmarks/model_step.py).
 padding mask, optional perm_mask, no memory, segments or query stream): [batch, length]
 throughout, q, k and v in one matmul, the mask turned into an additive bias once, the
 relative shift as a strided view of the position scores (row i starts at column L - i),
-and torch's fused attention when no dropout is drawn. Parameters and their names are
+and torch's fused attention when no dropout is drawn. With a right-padded 2-D mask only the
+real positions run (unpad.py): projections and the feed-forward on their rows, the scores
+on the grid. Parameters and their names are
 HF's, so checkpoints and the probes in `bodies` are unchanged; any other call goes to
 HF's own forward. tests/test_xlnet_fast.py holds the two equal, values and gradients.
 """
@@ -20,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.models.xlnet.modeling_xlnet import XLNetModel, XLNetModelOutput, XLNetRelativeAttention
+
+from rayrec.models.unpad import Rows, rows_of
 
 
 class FastXLNetModel(XLNetModel):
@@ -36,15 +40,18 @@ class FastXLNetModel(XLNetModel):
                                    token_type_ids=token_type_ids, input_mask=input_mask, inputs_embeds=inputs_embeds,
                                    use_mems=use_mems, output_attentions=output_attentions,
                                    output_hidden_states=output_hidden_states, return_dict=return_dict, **kwargs)
-        B, L, _ = inputs_embeds.shape
+        B, L, d = inputs_embeds.shape
         bias = mask_bias(attention_mask, perm_mask, L, self.dtype)
-        h = self.dropout(inputs_embeds)
+        # the real positions' rows (unpad.py) where the mask is a right-padded 2-D one
+        rows = rows_of(attention_mask) if attention_mask is not None and attention_mask.dim() == 2 else None
+        h = self.dropout(inputs_embeds if rows is None else rows.gather(inputs_embeds.reshape(B * L, d)))
         pos = self.relative_positional_encoding(L, L, device=h.device)[:, 0]  # [2L, d], distances L..-L+1
         r = self.dropout(pos.expand(B, *pos.shape))  # HF drops out each sequence's copy
         for layer in self.layer:
-            h = layer.ff(attend(layer.rel_attn, h, bias, r))
+            h = layer.ff(attend(layer.rel_attn, h, bias, r, rows))
+        h = self.dropout(h)
         # HF's model returns mems whenever use_mems_eval is set; nothing here reads them
-        return XLNetModelOutput(last_hidden_state=self.dropout(h))
+        return XLNetModelOutput(last_hidden_state=h if rows is None else rows.scatter(h))
 
 
 def mask_bias(attention_mask, perm_mask, L: int, dtype: torch.dtype) -> torch.Tensor | None:
@@ -65,12 +72,18 @@ def mask_bias(attention_mask, perm_mask, L: int, dtype: torch.dtype) -> torch.Te
     return torch.zeros(hidden.shape, dtype=dtype, device=hidden.device).masked_fill_(hidden, big)[:, None]
 
 
-def attend(a: XLNetRelativeAttention, h: torch.Tensor, bias: torch.Tensor | None, r: torch.Tensor) -> torch.Tensor:
-    """One XLNet attention block: h [B, L, d], bias [B, 1, L, L], r [B, 2L, d] (eval: an expanded view)."""
-    B, L, d = h.shape
+def attend(a: XLNetRelativeAttention, h: torch.Tensor, bias: torch.Tensor | None, r: torch.Tensor,
+           rows: Rows | None = None) -> torch.Tensor:
+    """One XLNet attention block: h [B, L, d] (or the real positions' rows [R, d] of `rows`:
+    only the scores need the grid), bias [B, 1, L, L], r [B, 2L, d] (eval: an expanded view)."""
+    d = h.shape[-1]
+    B, L = (rows.B, rows.L) if rows is not None else h.shape[:2]
     n, dh = a.n_head, a.d_head
     weights = torch.cat([a.q.view(d, n * dh), a.k.view(d, n * dh), a.v.view(d, n * dh)], 1)
-    q, k, v = (h.reshape(B * L, d) @ weights).view(B, L, 3, n, dh).permute(2, 0, 3, 1, 4).unbind(0)  # [B, n, L, dh]
+    qkv = h.reshape(-1, d) @ weights
+    if rows is not None:
+        qkv = rows.scatter(qkv)
+    q, k, v = qkv.view(B, L, 3, n, dh).permute(2, 0, 3, 1, 4).unbind(0)  # [B, n, L, dh]
     scores = position_scores(a, q + a.r_r_bias[:, None], r) * a.scale
     if bias is not None:
         scores = scores + bias
@@ -81,8 +94,11 @@ def attend(a: XLNetRelativeAttention, h: torch.Tensor, bias: torch.Tensor | None
         out = a.dropout(logits.softmax(-1)).view(B, n, L, L) @ v
     else:
         out = F.scaled_dot_product_attention(q_w, k, v, attn_mask=scores.to(q.dtype), scale=a.scale)
-    out = out.transpose(1, 2).reshape(B * L, n * dh) @ a.o.view(d, n * dh).t()
-    return a.layer_norm(a.dropout(out.view(B, L, d)) + h)
+    out = out.transpose(1, 2).reshape(B * L, n * dh)
+    if rows is not None:
+        out = rows.gather(out)
+    out = out @ a.o.view(d, n * dh).t()
+    return a.layer_norm(a.dropout(out.view(h.shape)) + h)
 
 
 def position_scores(a: XLNetRelativeAttention, q_r: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
