@@ -22,15 +22,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rayrec.models import native
+from rayrec.models import native, unpad
 from rayrec.models.batch import right_padded
 from rayrec.models.dropout import fast_dropout
 from rayrec.models.losses import ROW_QUANTUM, padded
 
 
 def applies(rnn: nn.Module, x: torch.Tensor) -> bool:
-    """On CPU, in eager mode (an export traces torch's own GRU)."""
-    return (isinstance(rnn, nn.GRU) and x.device.type == "cpu" and rnn.batch_first and rnn.bias
+    """On CPU, in eager mode (an export traces torch's own GRU), unless RAYREC_UNPADDED=0."""
+    return (unpad.enabled() and isinstance(rnn, nn.GRU) and x.device.type == "cpu" and rnn.batch_first and rnn.bias
             and not rnn.bidirectional and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export())
 
 

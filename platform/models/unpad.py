@@ -14,6 +14,7 @@ changes with every batch.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -54,11 +55,16 @@ class Rows:
             self.B, self.L, *x.shape[1:])
 
 
+def enabled() -> bool:
+    """RAYREC_UNPADDED=0 runs every body on the whole grid (to compare, or to rule this out)."""
+    return os.environ.get("RAYREC_UNPADDED", "1") != "0"
+
+
 def rows_of(attention_mask: torch.Tensor | None) -> Rows | None:
     """The rows of a 2-D padding mask, or None where the fast path does not apply: no mask,
     padding between events, an export trace, or a GPU (where counting the rows is a host
     sync per forward, and the padded grid was never the bottleneck measured)."""
-    if (attention_mask is None or attention_mask.dim() != 2 or attention_mask.device.type != "cpu"
+    if (not enabled() or attention_mask is None or attention_mask.dim() != 2 or attention_mask.device.type != "cpu"
             or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or not right_padded(attention_mask.bool())):
         return None
     B, L = attention_mask.shape
