@@ -108,8 +108,10 @@ def test_other_calls_go_to_hf(kind):
     hf, fast = pair(kind)
     x, attend = sessions()
     left = attend.flip(1)     # left padding: not the layout the fast path reads
+    full = torch.ones_like(attend)   # nothing to skip (above unpad.MAX_FILL): the grid is as fast
     with torch.no_grad():
-        for kwargs in [dict(attention_mask=left.long()), dict(attention_mask=attend.long(), use_cache=True),
+        for kwargs in [dict(attention_mask=left.long()), dict(attention_mask=full.long()),
+                       dict(attention_mask=attend.long(), use_cache=True),
                        dict(attention_mask=attend.long(), position_ids=torch.arange(12)[None])]:
             got = fast(inputs_embeds=x, **kwargs).last_hidden_state
             want = hf(inputs_embeds=x, **kwargs).last_hidden_state

@@ -26,6 +26,12 @@ from rayrec.models.batch import right_padded
 from rayrec.models.losses import ROW_QUANTUM, padded
 
 
+# Above this fraction of real positions the grid is as fast: gathering and scattering cost
+# 3-15% of a step when every position is real, and break even near 0.8 (GPT-2 and ELECTRA;
+# Llama gains up to 0.85), benchmarks/unpadded_bodies.py
+MAX_FILL = 0.75
+
+
 @dataclass
 class Rows:
     real: torch.Tensor   # [n] flat positions of the real events in [B * L], batch-major
@@ -62,13 +68,16 @@ def enabled() -> bool:
 
 def rows_of(attention_mask: torch.Tensor | None) -> Rows | None:
     """The rows of a 2-D padding mask, or None where the fast path does not apply: no mask,
-    padding between events, an export trace, or a GPU (where counting the rows is a host
-    sync per forward, and the padded grid was never the bottleneck measured)."""
+    padding between events, sessions that fill more than MAX_FILL of the grid, an export
+    trace, or a GPU (where counting the rows is a host sync per forward, and the padded
+    grid was never the bottleneck measured)."""
     if (not enabled() or attention_mask is None or attention_mask.dim() != 2 or attention_mask.device.type != "cpu"
             or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or not right_padded(attention_mask.bool())):
         return None
     B, L = attention_mask.shape
     real = attention_mask.bool().reshape(-1).nonzero().squeeze(1)
+    if len(real) > MAX_FILL * B * L:
+        return None
     quantum = ROW_QUANTUM if torch.is_autocast_enabled("cpu") else 1   # fp32 matmuls build no kernel per shape
     return Rows(real, B, L, padded(max(len(real), 1), quantum))
 
