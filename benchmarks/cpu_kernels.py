@@ -1,10 +1,12 @@
 """rayrec's C kernels against the same arithmetic in torch passes (RAYREC_NATIVE_KERNELS=0),
-issue 16: the fused loss (softmax_rows.c), forward + backward, and dropout (dropout.c),
-forward alone and forward + backward.
+issue 16: the fused loss (softmax_rows.c), forward + backward, dropout (dropout.c),
+forward alone and forward + backward, and the packed GRU's gates (gru.c), two layers
+forward + backward.
 
 The loss's shapes are [predicted positions x d_model] against a catalogue: its own sizes
 in the train matrix (1,250 rows of a batch of 256 x 20 under CLM) and a large catalogue.
-Dropout runs on a transformer's [256 x 20 x 768] feed-forward activations. Both variants run
+Dropout runs on a transformer's [256 x 20 x 768] feed-forward activations; the GRU on a
+batch of 256 sessions whose lengths are the train matrix's (about 6 of 20). Both variants run
 in the same process, alternated twice, after warm-up; a figure is the mean of 12 calls.
 
     python benchmarks/cpu_kernels.py [--threads 2]
@@ -20,7 +22,7 @@ import time
 
 import torch
 
-from rayrec.models import native
+from rayrec.models import gru_fast, native
 from rayrec.models.dropout import fast_dropout
 from rayrec.models.losses import LinearCrossEntropy
 from rayrec.train.allocator import keep_freed_memory
@@ -48,6 +50,22 @@ def dropout_ms(dtype, backward: bool, calls: int = 12) -> float:
         if backward:
             y.backward(g)
             x.grad = None
+
+    return timed(call, calls)
+
+
+def gru_ms(d: int, calls: int = 12) -> float:
+    g = torch.Generator().manual_seed(0)
+    rnn = torch.nn.GRU(d, d, 2, batch_first=True, dropout=0.1)
+    x = torch.randn(256, 20, d, generator=g, requires_grad=True)
+    torch.manual_seed(0)
+    lengths = (torch.distributions.Geometric(probs=torch.tensor(1 / 6)).sample((256,)) + 1).clamp(max=20)
+    attend = torch.arange(20) < lengths[:, None]
+
+    def call():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = gru_fast.gru(rnn, x, attend)
+        out.square().mean().backward()
 
     return timed(call, calls)
 
@@ -90,6 +108,9 @@ def main() -> None:
         for backward in (False, True):
             slow, fast = compare(lambda: dropout_ms(dtype, backward))
             rows.append(row(f"dropout 256 x 20 x 768, p 0.3, {'fwd+bwd' if backward else 'fwd'}", name, slow, fast))
+    for d in (64, 192):
+        slow, fast = compare(lambda: gru_ms(d))
+        rows.append(row(f"gru 2 layers, 256 x 20 x {d}, fwd+bwd", "bf16", slow, fast))
     os.environ.pop("RAYREC_NATIVE_KERNELS")
     print(json.dumps({"threads": a.threads, "rows": rows}))
 

@@ -123,3 +123,22 @@ def test_rayrecs_body_is_the_fast_one_and_clm_still_causal(kind):
     body = build_body(ModelConfig(arch=kind, d_model=32, n_head=4, n_layer=1, max_len=10, masking="clm"))
     assert type(body.model) is KINDS[kind][2]
     assert body.causal_by == ("native" if kind in ("llama", "gpt2") else "is_decoder")
+
+
+@pytest.mark.parametrize("kind,overrides", [("llama", {}), ("gpt2", {}), ("electra", {"is_decoder": True})],
+                         ids=["llama", "gpt2", "electra-decoder"])
+def test_on_real_rows_no_position_sees_a_later_event(kind, overrides):
+    """The causality rayrec's clm relies on, checked on the fast path itself (bodies.is_causal
+    probes full sessions, which run on the grid)."""
+    _, fast = pair(kind, **overrides)
+    fast.eval()
+    x, attend = sessions()
+    last = attend.sum(1) - 1
+    moved = x.clone()
+    moved[torch.arange(len(x)), last] += torch.randn(len(x), x.shape[2])
+    with torch.no_grad():
+        a = fast(inputs_embeds=x, attention_mask=attend.long()).last_hidden_state
+        b = fast(inputs_embeds=moved, attention_mask=attend.long()).last_hidden_state
+    before = torch.arange(attend.shape[1]) < last[:, None]
+    assert torch.allclose(a[before], b[before], atol=1e-6)
+    assert not torch.allclose(a[torch.arange(len(x)), last], b[torch.arange(len(x)), last], atol=1e-3)
