@@ -16,6 +16,19 @@ SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 SMALL = SynthConfig(events=30_000, days=4, items=300, seed=1)
 
 
+@pytest.fixture(params=["c", "torch"])
+def kernel_path(request, monkeypatch):
+    """Each test that takes it runs twice: on rayrec's C kernels and on their torch passes
+    (RAYREC_NATIVE_KERNELS=0)."""
+    from rayrec.models import native
+
+    if request.param == "torch":
+        monkeypatch.setenv("RAYREC_NATIVE_KERNELS", "0")
+    elif not native.enabled():
+        pytest.skip("no C compiler here")
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("synth")

@@ -3,24 +3,12 @@ torch fallback drop the asked fraction, scale the rest, and draw what torch's se
 import pytest
 import torch
 
-from rayrec.models import native
 from rayrec.models.dropout import fast_dropout
-
-PATHS = ["c", "torch"]
-
-
-@pytest.fixture(params=PATHS)
-def path(request, monkeypatch):
-    if request.param == "torch":
-        monkeypatch.setenv("RAYREC_NATIVE_KERNELS", "0")
-    elif not native.enabled():
-        pytest.skip("no C compiler here")
-    return request.param
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("p", [0.1, 0.3])
-def test_it_drops_p_keeps_the_rest_scaled_and_the_backward_uses_the_same_mask(path, dtype, p):
+def test_it_drops_p_keeps_the_rest_scaled_and_the_backward_uses_the_same_mask(kernel_path, dtype, p):
     x = (torch.randn(300, 1_001) + 3).to(dtype).requires_grad_()   # no zeros of its own
     torch.manual_seed(0)
     y = fast_dropout(x, p)
@@ -35,7 +23,7 @@ def test_it_drops_p_keeps_the_rest_scaled_and_the_backward_uses_the_same_mask(pa
                           else 1e-6)
 
 
-def test_the_seed_fixes_the_draw_and_not_the_thread_count(path):
+def test_the_seed_fixes_the_draw_and_not_the_thread_count(kernel_path):
     x = torch.randn(64, 2_000) + 3
     draws = []
     for threads, seed in [(1, 4), (2, 4), (2, 5)]:
@@ -49,7 +37,7 @@ def test_the_seed_fixes_the_draw_and_not_the_thread_count(path):
     assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
 
 
-def test_a_view_that_is_not_contiguous_and_eval_mode(path):
+def test_a_view_that_is_not_contiguous_and_eval_mode(kernel_path):
     x = (torch.randn(500, 40) + 3).t()
     torch.manual_seed(1)
     y = fast_dropout(x, 0.25)

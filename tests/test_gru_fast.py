@@ -4,18 +4,9 @@ pack to torch."""
 import pytest
 import torch
 
-from rayrec.models import gru_fast, native
+from rayrec.models import gru_fast
 from rayrec.models.bodies import RNNBody
 from rayrec.models.config import ModelConfig
-
-
-@pytest.fixture(params=["c", "torch"])
-def path(request, monkeypatch):
-    if request.param == "torch":
-        monkeypatch.setenv("RAYREC_NATIVE_KERNELS", "0")
-    elif not native.enabled():
-        pytest.skip("no C compiler here")
-    return request.param
 
 
 def sessions(B=29, L=11, d=24, seed=0):
@@ -37,7 +28,7 @@ def grads(rnn, x, run, weight):
 
 
 @pytest.mark.parametrize("layers,d_in", [(1, 24), (2, 24), (3, 7)])
-def test_equal_to_torch_at_real_positions_values_and_gradients(path, layers, d_in):
+def test_equal_to_torch_at_real_positions_values_and_gradients(kernel_path, layers, d_in):
     torch.manual_seed(0)
     rnn = torch.nn.GRU(d_in, 24, layers, batch_first=True)
     x, attend = sessions(d=d_in)
@@ -51,7 +42,7 @@ def test_equal_to_torch_at_real_positions_values_and_gradients(path, layers, d_i
         assert torch.allclose(g, w, atol=1e-5, rtol=1e-4)
 
 
-def test_inference_keeps_nothing_for_a_backward_and_gives_the_same_values(path):
+def test_inference_keeps_nothing_for_a_backward_and_gives_the_same_values(kernel_path):
     torch.manual_seed(1)
     rnn = torch.nn.GRU(16, 16, 2, batch_first=True).eval()
     x, attend = sessions(d=16)
@@ -60,7 +51,7 @@ def test_inference_keeps_nothing_for_a_backward_and_gives_the_same_values(path):
                               atol=1e-6)
 
 
-def test_under_bf16_autocast_it_stays_close_to_torch(path):
+def test_under_bf16_autocast_it_stays_close_to_torch(kernel_path):
     torch.manual_seed(2)
     rnn = torch.nn.GRU(32, 32, 2, batch_first=True)
     x, attend = sessions(B=100, d=32)
@@ -71,7 +62,7 @@ def test_under_bf16_autocast_it_stays_close_to_torch(path):
     assert float((got - want).detach()[attend].abs().max()) < 0.03
 
 
-def test_dropout_between_layers_only_in_training(path):
+def test_dropout_between_layers_only_in_training(kernel_path):
     torch.manual_seed(3)
     rnn = torch.nn.GRU(16, 16, 2, batch_first=True, dropout=0.5)
     x, attend = sessions(d=16)
