@@ -121,6 +121,6 @@ def fit_to_length(batch: dict[str, torch.Tensor], item_col: str, list_cols: list
 
 def right_padded(attend: torch.Tensor) -> bool:
     """True when every row of a [B, L] mask is a run of attended positions and then only
-    padding, the layout above; the bodies that skip padding (gru_fast, llama_fast) check it."""
+    padding, the layout above; the bodies that skip padding (unpad, gru_fast) check it."""
     lengths = attend.sum(1, keepdim=True)
     return bool((attend == (torch.arange(attend.shape[1], device=attend.device) < lengths)).all())

@@ -57,8 +57,8 @@ class EncoderRows:
 
 def self_attention(s: nn.Module, x, rows: Rows, causal: bool):
     heads, dh = s.num_attention_heads, s.attention_head_size
-    q, k, v = linears(x, [s.query, s.key, s.value]).view(len(x), 3 * heads, dh).chunk(3, dim=1)
-    return grid_attention(s, q, k, v, rows, dropout=s.dropout.p if s.training else 0.0, scaling=s.scaling,
+    qkv = linears(x, [s.query, s.key, s.value]).view(len(x), 3 * heads, dh)
+    return grid_attention(s, qkv, heads, rows, dropout=s.dropout.p if s.training else 0.0, scaling=s.scaling,
                           causal=causal)
 
 

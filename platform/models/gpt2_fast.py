@@ -42,8 +42,9 @@ class FastGPT2Model(GPT2Model):
 
 
 def self_attention(a: nn.Module, x, rows: Rows):
-    q, k, v = a.c_attn(x).view(len(x), 3 * a.num_heads, a.head_dim).chunk(3, dim=1)
-    out = grid_attention(a, q, k, v, rows, dropout=a.attn_dropout.p if a.training else 0.0, scaling=a.scaling)
+    qkv = a.c_attn(x).view(len(x), 3 * a.num_heads, a.head_dim)
+    out = grid_attention(a, qkv, a.num_heads, rows, dropout=a.attn_dropout.p if a.training else 0.0,
+                         scaling=a.scaling)
     return a.resid_dropout(a.c_proj(out))
 
 

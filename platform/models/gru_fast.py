@@ -25,7 +25,6 @@ from torch import nn
 from rayrec.models import native, unpad
 from rayrec.models.batch import right_padded
 from rayrec.models.dropout import fast_dropout
-from rayrec.models.losses import ROW_QUANTUM, padded
 
 
 def applies(rnn: nn.Module, x: torch.Tensor) -> bool:
@@ -168,12 +167,8 @@ def gru(rnn: nn.GRU, x: torch.Tensor, attend: torch.Tensor) -> torch.Tensor | No
         return x.new_zeros(B, L, rnn.hidden_size, dtype=torch.float32)
     saving = torch.is_grad_enabled()   # else no gates are kept for a backward
     low = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
-    # bf16 matmuls build a oneDNN kernel per shape (about 2 ms each), and the number of real
-    # positions changes every batch: zero rows round it up to a few shapes
-    N = len(index)
-    data = x.reshape(B * L, d_in).index_select(0, index)
-    if low is not None and padded(N, ROW_QUANTUM) > N:
-        data = torch.cat([data, data.new_zeros(padded(N, ROW_QUANTUM) - N, d_in)])
+    N = len(index)   # rounded up with zero rows under bf16, as unpad's rows are
+    data = unpad.pad_rows(x.reshape(B * L, d_in).index_select(0, index), unpad.rounded(N))
     for k in range(rnn.num_layers):
         if k:
             data = fast_dropout(data, rnn.dropout, rnn.training)

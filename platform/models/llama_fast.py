@@ -55,8 +55,8 @@ def self_attention(a: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.
     qkv = linears(x, [a.q_proj, a.k_proj, a.v_proj]).view(len(x), heads + 2 * kv_heads, dh)
     qk, v = qkv[:, :heads + kv_heads], qkv[:, heads + kv_heads:]
     qk = qk * cos[:, None].to(qk.dtype) + rotate_half(qk) * sin[:, None].to(qk.dtype)
-    out = grid_attention(a, qk[:, :heads], qk[:, heads:], v, rows,
-                           dropout=a.attention_dropout if a.training else 0.0, scaling=a.scaling)
+    out = grid_attention(a, torch.cat([qk, v], 1), kv_heads, rows,
+                         dropout=a.attention_dropout if a.training else 0.0, scaling=a.scaling)
     return a.o_proj(out)
 
 

@@ -1,5 +1,5 @@
 """The real positions of right-padded sessions as rows, for the bodies that skip padding
-(llama_fast, gpt2_fast, bert_fast).
+(llama_fast, gpt2_fast, bert_fast, xlnet_fast; gru_fast rounds its rows the same way).
 
 Sessions average about 6 events of max_len 20, so a body that runs all [batch, max_len]
 positions spends about two thirds of its per-position work (projections, MLP, norms) on
@@ -14,6 +14,7 @@ changes with every batch.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -47,9 +48,16 @@ class Rows:
     def positions(self) -> torch.Tensor:
         return self.real % self.L
 
+    @functools.cached_property
+    def key_mask(self) -> torch.Tensor:
+        """[B, 1, 1, L]: each session's real keys (an empty session keeps key 0, so that no
+        row of scores is all masked, which would be NaN); built once per forward."""
+        lengths = torch.bincount(self.real // self.L, minlength=self.B).clamp(min=1)
+        return (torch.arange(self.L, device=self.real.device) < lengths[:, None])[:, None, None, :]
+
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """x [n, ...] with zero rows appended up to `rows`."""
-        return x if len(x) == self.rows else torch.cat([x, x.new_zeros(self.rows - len(x), *x.shape[1:])])
+        return pad_rows(x, self.rows)
 
     def gather(self, flat: torch.Tensor) -> torch.Tensor:
         """[B * L, ...] -> [rows, ...]."""
@@ -59,6 +67,17 @@ class Rows:
         """[rows, ...] -> [B, L, ...], zeros at padding."""
         return x.new_zeros(self.B * self.L, *x.shape[1:]).index_copy(0, self.real, x[:self.n]).view(
             self.B, self.L, *x.shape[1:])
+
+
+def rounded(n: int) -> int:
+    """How many rows to run n real ones on: n in fp32, a multiple of ROW_QUANTUM under bf16
+    autocast (see above)."""
+    return padded(n, ROW_QUANTUM) if torch.is_autocast_enabled("cpu") else n
+
+
+def pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """x [n, ...] with zero rows appended up to `rows`."""
+    return x if len(x) == rows else torch.cat([x, x.new_zeros(rows - len(x), *x.shape[1:])])
 
 
 def enabled() -> bool:
@@ -78,23 +97,19 @@ def rows_of(attention_mask: torch.Tensor | None) -> Rows | None:
     real = attention_mask.bool().reshape(-1).nonzero().squeeze(1)
     if len(real) > MAX_FILL * B * L:
         return None
-    quantum = ROW_QUANTUM if torch.is_autocast_enabled("cpu") else 1   # fp32 matmuls build no kernel per shape
-    return Rows(real, B, L, padded(max(len(real), 1), quantum))
+    return Rows(real, B, L, rounded(max(len(real), 1)))
 
 
-def grid_attention(module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: Rows, dropout: float,
-                   scaling: float, causal: bool = True) -> torch.Tensor:
-    """Attention of rows q [rows, H, dh], k and v [rows, Hkv, dh] -> [rows, H * dh], causal
-    or over each session's real keys, on rayrec's attention (HF's sdpa, or its math path
-    with the cheap dropout mask)."""
-    heads, kv_heads, dh = q.shape[1], k.shape[1], q.shape[2]
-    grid = rows.scatter(torch.cat([q, k, v], 1)).transpose(1, 2)          # [B, H + 2 Hkv, L, dh]
+def grid_attention(module, qkv: torch.Tensor, kv_heads: int, rows: Rows, dropout: float, scaling: float,
+                   causal: bool = True) -> torch.Tensor:
+    """Attention of rows qkv [rows, H + 2 Hkv, dh] (q's heads, then k's, then v's) ->
+    [rows, H * dh], causal or over each session's real keys, on rayrec's attention (HF's
+    sdpa, or its math path with the cheap dropout mask)."""
+    heads, dh = qkv.shape[1] - 2 * kv_heads, qkv.shape[2]
+    grid = rows.scatter(qkv).transpose(1, 2)                               # [B, H + 2 Hkv, L, dh]
     q, k, v = grid.split([heads, kv_heads, kv_heads], dim=1)
-    mask = None
-    if not causal:   # real keys only; an empty session keeps key 0, so that no row is all masked (NaN)
-        lengths = torch.bincount(rows.real // rows.L, minlength=rows.B).clamp(min=1)
-        mask = (torch.arange(rows.L, device=q.device) < lengths[:, None])[:, None, None, :]
-    out, _ = attention.attention_forward(module, q, k, v, mask, dropout=dropout, scaling=scaling, is_causal=causal)
+    out, _ = attention.attention_forward(module, q, k, v, None if causal else rows.key_mask, dropout=dropout,
+                                         scaling=scaling, is_causal=causal)
     return rows.gather(out.reshape(rows.B * rows.L, heads * dh))           # out: [B, L, H, dh]
 
 
