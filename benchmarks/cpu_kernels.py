@@ -1,4 +1,4 @@
-"""rayrec's C kernels against the same arithmetic in torch passes (RAYREC_NATIVE_KERNELS=0),
+"""rayrec's C kernels against the same arithmetic in torch passes (model.accel_kernels: off),
 issue 16: the fused loss (softmax_rows.c), forward + backward, dropout (dropout.c),
 forward alone and forward + backward, and the packed GRU's gates (gru.c), two layers
 forward + backward.
@@ -22,31 +22,31 @@ import time
 
 import torch
 
-from rayrec.models import gru_fast, native
-from rayrec.models.dropout import fast_dropout
-from rayrec.models.losses import LinearCrossEntropy
+from rayrec.accel import Accel, gru as gru_fast, kernels as native
+from rayrec.accel.dropout import fast_dropout
+from rayrec.accel.losses import LinearCrossEntropy
 from rayrec.train.allocator import keep_freed_memory
 
 SHAPES = [(1250, 64, 19_807), (1250, 192, 19_807), (448, 64, 119_357)]
 PRECISIONS = {"bf16": torch.bfloat16, "fp32": None}
 
 
-def ms_per_call(n: int, d: int, c: int, mm_dtype, calls: int = 12) -> float:
+def ms_per_call(n: int, d: int, c: int, mm_dtype, use_c: bool, calls: int = 12) -> float:
     g = torch.Generator().manual_seed(0)
     h = torch.randn(n, d, generator=g, requires_grad=True)
     w = (torch.randn(c, d, generator=g) * 0.1).requires_grad_()
     b = torch.zeros(c, requires_grad=True)
     y = torch.randint(0, c, (n,), generator=g)
 
-    return timed(lambda: LinearCrossEntropy.apply(h, w, b, y, 0.0, mm_dtype).backward(), calls)
+    return timed(lambda: LinearCrossEntropy.apply(h, w, b, y, 0.0, mm_dtype, use_c).backward(), calls)
 
 
-def dropout_ms(dtype, backward: bool, calls: int = 12) -> float:
+def dropout_ms(dtype, backward: bool, use_c: bool, calls: int = 12) -> float:
     x = torch.randn(256, 20, 768).to(dtype).requires_grad_(backward)
     g = torch.ones(256, 20, 768, dtype=dtype)
 
     def call():
-        y = fast_dropout(x, 0.3)
+        y = fast_dropout(x, 0.3, use_c=use_c)
         if backward:
             y.backward(g)
             x.grad = None
@@ -54,9 +54,10 @@ def dropout_ms(dtype, backward: bool, calls: int = 12) -> float:
     return timed(call, calls)
 
 
-def gru_ms(d: int, calls: int = 12) -> float:
+def gru_ms(d: int, use_c: bool, calls: int = 12) -> float:
     g = torch.Generator().manual_seed(0)
     rnn = torch.nn.GRU(d, d, 2, batch_first=True, dropout=0.1)
+    rnn.rayrec_accel = Accel(kernels=use_c, unpad=True)   # what accel.apply tells a model's GRU
     x = torch.randn(256, 20, d, generator=g, requires_grad=True)
     torch.manual_seed(0)
     lengths = (torch.distributions.Geometric(probs=torch.tensor(1 / 6)).sample((256,)) + 1).clamp(max=20)
@@ -81,11 +82,11 @@ def timed(call, calls: int) -> float:
 
 
 def compare(fn) -> tuple[list[float], list[float]]:
-    times = {"0": [], "1": []}
-    for use_c in "0101":
-        os.environ["RAYREC_NATIVE_KERNELS"] = use_c
-        times[use_c].append(fn())
-    return times["0"], times["1"]
+    """fn(use_c) timed on the torch passes and on C, alternated twice."""
+    times = {False: [], True: []}
+    for use_c in (False, True, False, True):
+        times[use_c].append(fn(use_c))
+    return times[False], times[True]
 
 
 def main() -> None:
@@ -95,23 +96,22 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     keep_freed_memory()
     if native.library() is None:
-        raise SystemExit("no C compiler here: nothing to compare")
+        raise SystemExit(f"C kernels {native.status()}: nothing to compare")
     print(f"{a.threads} threads; C kernels: {native.library()._name}")
     print("| kernel and shape | precision | torch passes (ms) | C passes (ms) | speed-up |")
     print("| --- | --- | --- | --- | --- |")
     rows = []
     for n, d, c in SHAPES:
         for name, mm_dtype in PRECISIONS.items():
-            slow, fast = compare(lambda: ms_per_call(n, d, c, mm_dtype))
+            slow, fast = compare(lambda use_c: ms_per_call(n, d, c, mm_dtype, use_c))
             rows.append(row(f"loss {n:,} x {d} x {c:,}", name, slow, fast))
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         for backward in (False, True):
-            slow, fast = compare(lambda: dropout_ms(dtype, backward))
+            slow, fast = compare(lambda use_c: dropout_ms(dtype, backward, use_c))
             rows.append(row(f"dropout 256 x 20 x 768, p 0.3, {'fwd+bwd' if backward else 'fwd'}", name, slow, fast))
     for d in (64, 192):
-        slow, fast = compare(lambda: gru_ms(d))
+        slow, fast = compare(lambda use_c: gru_ms(d, use_c))
         rows.append(row(f"gru 2 layers, 256 x 20 x {d}, fwd+bwd", "bf16", slow, fast))
-    os.environ.pop("RAYREC_NATIVE_KERNELS")
     print(json.dumps({"threads": a.threads, "rows": rows}))
 
 

@@ -117,7 +117,7 @@ def trained(data: str, run: str, batches: int):
     import torch
 
     from rayrec.models.batch import take, to_tensors
-    from rayrec.models.checkpoint import load_model
+    from rayrec.accelerated import load_model
     from rayrec.train.data import load_batch
 
     model = load_model(os.path.join(run, "checkpoint")).train()

@@ -1,5 +1,5 @@
 """Bodies on the real positions only against the same bodies on the whole padded grid
-(RAYREC_UNPADDED=0), issue 16: one training step's body forward + backward, per body and
+(model.accel_unpad: false), issue 16: one training step's body forward + backward, per body and
 width.
 
 The batch is 256 sessions at max_len 20 whose lengths are drawn from real sessions: the
@@ -22,6 +22,7 @@ import time
 import numpy as np
 import torch
 
+from rayrec.accel import apply
 from rayrec.models.bodies import build_body
 from rayrec.models.config import ModelConfig
 from rayrec.train.allocator import keep_freed_memory
@@ -39,9 +40,11 @@ def session_lengths(kind: str) -> np.ndarray:
     return np.minimum(np.unique(sessions, return_counts=True)[1], MAX_LEN)
 
 
-def step_ms(arch: str, masking: str, d: int, lengths: np.ndarray, dtype, calls: int = 10) -> float:
+def step_ms(arch: str, masking: str, d: int, lengths: np.ndarray, dtype, unpad: bool, calls: int = 10) -> float:
     torch.manual_seed(0)
-    body = build_body(ModelConfig(arch=arch, masking=masking, d_model=d, n_layer=2, n_head=4, max_len=MAX_LEN)).train()
+    cfg = ModelConfig(arch=arch, masking=masking, d_model=d, n_layer=2, n_head=4, max_len=MAX_LEN, accel_unpad=unpad)
+    body = build_body(cfg).train()
+    apply(body, cfg)
     rng = np.random.default_rng(0)
     batches = []
     for _ in range(calls + 4):
@@ -77,16 +80,14 @@ def main() -> None:
     rows = []
     for arch, masking in BODIES:
         for d in WIDTHS:
-            times = {"0": [], "1": []}
-            for unpadded in "0101":
-                os.environ["RAYREC_UNPADDED"] = unpadded
-                times[unpadded].append(step_ms(arch, masking, d, lengths, dtype))
-            grid, real = np.mean(times["0"]), np.mean(times["1"])
-            print(f"| {arch} | {masking} | {d} | {' / '.join(f'{t:.1f}' for t in times['0'])} | "
-                  f"{' / '.join(f'{t:.1f}' for t in times['1'])} | {grid / real:.2f}x |", flush=True)
+            times = {False: [], True: []}
+            for unpad in (False, True, False, True):
+                times[unpad].append(step_ms(arch, masking, d, lengths, dtype, unpad))
+            grid, real = np.mean(times[False]), np.mean(times[True])
+            print(f"| {arch} | {masking} | {d} | {' / '.join(f'{t:.1f}' for t in times[False])} | "
+                  f"{' / '.join(f'{t:.1f}' for t in times[True])} | {grid / real:.2f}x |", flush=True)
             rows.append({"body": arch, "masking": masking, "d_model": d, "grid_ms": round(grid, 2),
                          "rows_ms": round(real, 2), "speedup": round(grid / real, 2)})
-    os.environ.pop("RAYREC_UNPADDED")
     print(json.dumps({"threads": a.threads, "precision": a.precision, "lengths": a.lengths, "rows": rows}))
 
 

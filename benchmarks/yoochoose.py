@@ -85,7 +85,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--d-model", type=int, default=64)
     a = p.parse_args()
-    from rayrec.models.checkpoint import load_model
+    from rayrec.accelerated import load_model
     from rayrec.models.config import ModelConfig
     from rayrec.schema import Schema
     from rayrec.train.config import TrainConfig

@@ -17,16 +17,23 @@ SMALL = SynthConfig(events=30_000, days=4, items=300, seed=1)
 
 
 @pytest.fixture(params=["c", "torch"])
-def kernel_path(request, monkeypatch):
-    """Each test that takes it runs twice: on rayrec's C kernels and on their torch passes
-    (RAYREC_NATIVE_KERNELS=0)."""
-    from rayrec.models import native
+def kernel_path(request):
+    """Each test that takes it runs twice: on rayrec's C kernels and on their torch passes.
+    Its value is `use_c`, as accel passes it (model.accel_kernels: auto or off)."""
+    from rayrec.accel import kernels
 
-    if request.param == "torch":
-        monkeypatch.setenv("RAYREC_NATIVE_KERNELS", "0")
-    elif not native.enabled():
-        pytest.skip("no C compiler here")
-    return request.param
+    if request.param == "c" and kernels.library() is None:
+        pytest.skip(f"C kernels {kernels.status()}")
+    return request.param == "c"
+
+
+def accelerated(module, use_c: bool = True, unpad: bool = True):
+    """`module` and its submodules told what accel.apply tells a model's modules."""
+    from rayrec.accel import Accel
+
+    for m in module.modules():
+        m.rayrec_accel = Accel(kernels=use_c, unpad=unpad)
+    return module
 
 
 @pytest.fixture(scope="session")

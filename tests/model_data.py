@@ -2,6 +2,7 @@
 import numpy as np
 import torch
 
+from rayrec.accelerated import accelerate
 from rayrec.models.checkpoint import build_model
 from rayrec.models.config import ModelConfig
 from rayrec.schema import CATEGORICAL, CONTINUOUS, ITEM_ID, LIST, ColumnSchema, Schema
@@ -57,7 +58,7 @@ def tensors(batch):
 def model(**cfg):
     torch.manual_seed(0)
     cfg = {"d_model": 32, "n_head": 2, "n_layer": 2, "max_len": MAX_LEN, "dropout": 0.0, **cfg}
-    return build_model(schema(), ModelConfig(**cfg))
+    return accelerate(build_model(schema(), ModelConfig(**cfg)))   # as a run builds it
 
 
 def train(m, steps=40, lr=5e-3, seed=0, random_items=False, n=64):

@@ -4,10 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rayrec.models.attention import NAME, attention_forward
+from rayrec.accel import apply
+from rayrec.accel.attention import NAME, attention_forward
+from rayrec.accel.dropout import fast_dropout
 from rayrec.models.bodies import build_body
 from rayrec.models.config import ModelConfig
-from rayrec.models.dropout import fast_dropout
 
 
 class Module(torch.nn.Module):
@@ -56,6 +57,7 @@ def test_causal_without_a_mask_hides_the_future_in_training():
 def test_hf_bodies_use_it_and_padding_stays_hidden_with_dropout_on(arch, masking):
     cfg = ModelConfig(arch=arch, masking=masking, d_model=16, n_head=2, n_layer=2, max_len=8, dropout=0.3)
     body = build_body(cfg).train()
+    apply(body, cfg)
     assert body.model.config._attn_implementation == NAME
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, 8, 16, generator=g)

@@ -41,6 +41,16 @@ def test_ddp_across_two_nodes_keeps_replicas_identical(etl_dir, tmp_path, two_no
         assert day["nodes"] == 2                   # one worker on each node
         assert day["replicas_in_sync"] == 1        # bit-identical parameters on both ranks
         assert day["train_loss"] < day["first_loss"]
+    # the accel path each worker ran, as metrics.json records it, is what the config asked for
+    from rayrec.accel import kernels
+
+    with open(tmp_path / "run" / "metrics.json") as f:
+        ran = json.load(f)["accel"]
+    assert [w["rank"] for w in ran] == [0, 1] and len({w["node"] for w in ran}) == 2
+    for w in ran:
+        assert w["path"] == "fast" and w["unpad"] is True and w["attention"] == "rayrec_sdpa"
+        assert "GPT2Model -> FastGPT2Model" in w["replaced"] and "Dropout -> FastDropout" in w["replaced"]
+        assert w["kernels"] == kernels.status()     # built here by `make install`, or the reason it was not
     model = load_model(str(tmp_path / "run" / "checkpoint"))  # the checkpoint serves inference
     scores = model.next_item_scores(torch.tensor([[5, 6, 7]]))
     assert scores.shape == (1, model.n_items) and torch.isfinite(scores[0, model.first_item:]).all()

@@ -1,10 +1,12 @@
-"""rayrec's packed GRU (gru_fast.py) computes torch's GRU at every real position, values
+"""rayrec's packed GRU (accel/gru.py) computes torch's GRU at every real position, values
 and gradients, with its C gates and with its torch fallback, and leaves what it cannot
 pack to torch."""
 import pytest
 import torch
 
-from rayrec.models import gru_fast
+from conftest import accelerated
+
+from rayrec.accel import gru as gru_fast
 from rayrec.models.bodies import RNNBody
 from rayrec.models.config import ModelConfig
 
@@ -30,7 +32,7 @@ def grads(rnn, x, run, weight):
 @pytest.mark.parametrize("layers,d_in", [(1, 24), (2, 24), (3, 7)])
 def test_equal_to_torch_at_real_positions_values_and_gradients(kernel_path, layers, d_in):
     torch.manual_seed(0)
-    rnn = torch.nn.GRU(d_in, 24, layers, batch_first=True)
+    rnn = accelerated(torch.nn.GRU(d_in, 24, layers, batch_first=True), kernel_path)
     x, attend = sessions(d=d_in)
     weight = torch.randn(*attend.shape, 24) * attend[..., None]   # the loss reads real positions only
     want, want_grads = grads(rnn, x, lambda v: rnn(v)[0], weight)
@@ -44,7 +46,7 @@ def test_equal_to_torch_at_real_positions_values_and_gradients(kernel_path, laye
 
 def test_inference_keeps_nothing_for_a_backward_and_gives_the_same_values(kernel_path):
     torch.manual_seed(1)
-    rnn = torch.nn.GRU(16, 16, 2, batch_first=True).eval()
+    rnn = accelerated(torch.nn.GRU(16, 16, 2, batch_first=True).eval(), kernel_path)
     x, attend = sessions(d=16)
     with torch.no_grad():
         assert torch.allclose(gru_fast.gru(rnn, x, attend) * attend[..., None], rnn(x)[0] * attend[..., None],
@@ -53,7 +55,7 @@ def test_inference_keeps_nothing_for_a_backward_and_gives_the_same_values(kernel
 
 def test_under_bf16_autocast_it_stays_close_to_torch(kernel_path):
     torch.manual_seed(2)
-    rnn = torch.nn.GRU(32, 32, 2, batch_first=True)
+    rnn = accelerated(torch.nn.GRU(32, 32, 2, batch_first=True), kernel_path)
     x, attend = sessions(B=100, d=32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = gru_fast.gru(rnn, x, attend)
@@ -64,7 +66,7 @@ def test_under_bf16_autocast_it_stays_close_to_torch(kernel_path):
 
 def test_dropout_between_layers_only_in_training(kernel_path):
     torch.manual_seed(3)
-    rnn = torch.nn.GRU(16, 16, 2, batch_first=True, dropout=0.5)
+    rnn = accelerated(torch.nn.GRU(16, 16, 2, batch_first=True, dropout=0.5), kernel_path)
     x, attend = sessions(d=16)
     a, b = gru_fast.gru(rnn, x, attend), gru_fast.gru(rnn, x, attend)
     assert not torch.allclose(a, b)
@@ -76,8 +78,10 @@ def test_dropout_between_layers_only_in_training(kernel_path):
 def test_padding_between_events_goes_to_torch():
     torch.manual_seed(4)
     body = RNNBody(ModelConfig(arch="gru", d_model=16, n_layer=1, max_len=8))
+    body.__class__ = gru_fast.FastRNNBody
+    accelerated(body)
     x, attend = sessions(B=4, L=8, d=16)
     attend[0] = torch.tensor([1, 0, 1, 1, 0, 0, 0, 0], dtype=torch.bool)
     assert gru_fast.gru(body.rnn, x, attend) is None
     assert torch.equal(body(x, attend), body.rnn(x)[0])
-    assert not gru_fast.applies(torch.nn.LSTM(16, 16, batch_first=True), x)
+    assert not gru_fast.applies(accelerated(torch.nn.LSTM(16, 16, batch_first=True)), x)

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rayrec.models.losses import LinearCrossEntropy, block_rows, linear_cross_entropy, smoothed_cross_entropy
+from rayrec.accel.losses import LinearCrossEntropy, block_rows, linear_cross_entropy, smoothed_cross_entropy
 
 N, C, D = 300, 20_000, 8  # N spans several blocks of rows
 

@@ -126,7 +126,11 @@ def test_every_model_option_is_documented():
 def test_generator_logits_sampling_draws_each_item_at_its_softmax_probability(kernel_path):
     """ELECTRA's proposals from the generator's logits: each item at its softmax
     probability, never an item at -inf (the codes below the first item), on both paths."""
-    from rayrec.models.masking import sample_logits
+    from conftest import accelerated
+
+    from rayrec.accel.sampling import FastProposalSampler
+
+    sample_logits = accelerated(FastProposalSampler(), kernel_path)
 
     torch.manual_seed(0)
     probs = torch.tensor([0.0, 0.1, 0.3, 0.0, 0.6])

@@ -7,9 +7,11 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import accelerated
 
-from rayrec.models import native, softmax_rows
-from rayrec.models.losses import LinearCrossEntropy
+from rayrec.accel import kernels as native, softmax_rows
+from rayrec.accel.dropout import uses_c
+from rayrec.accel.losses import FusedCrossEntropy, LinearCrossEntropy
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
                                 reason="no C compiler: the loss keeps torch's passes (tested in test_losses)")
@@ -17,7 +19,7 @@ pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc
 
 def builds():
     """This machine's build, and the portable loops (AVX-512 off) where it has AVX-512."""
-    libs = [("native", native.library())]
+    libs = [("native", native.load(native.build(native.FLAGS)) if native.build(native.FLAGS) else None)]
     portable = native.build(native.FLAGS + ("-mno-avx512f",))
     if portable:
         libs.append(("portable", native.load(portable)))
@@ -134,7 +136,7 @@ def test_a_label_outside_the_columns_is_an_error_not_a_read_past_the_row(lib):
 @pytest.mark.parametrize("mm_dtype", [torch.bfloat16, None], ids=["bf16", "fp32"])
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_the_fused_loss_is_the_same_with_the_c_passes_and_with_torchs(monkeypatch, smoothing, mm_dtype):
-    assert native.enabled()
+    assert native.library() is not None
     g = torch.Generator().manual_seed(1)
     n, d, c = 333, 24, 5_003
     h = torch.randn(n, d, generator=g).requires_grad_()
@@ -142,14 +144,13 @@ def test_the_fused_loss_is_the_same_with_the_c_passes_and_with_torchs(monkeypatc
     b = (torch.randn(c, generator=g) * 0.1).requires_grad_()
     y = torch.randint(0, c, (n,), generator=g)
 
-    def run():
-        loss = LinearCrossEntropy.apply(h, w, b, y, smoothing, mm_dtype)
+    def run(use_c):
+        loss = LinearCrossEntropy.apply(h, w, b, y, smoothing, mm_dtype, use_c)
         return loss, torch.autograd.grad(loss, (h, w, b))
 
-    with_c = run()
-    monkeypatch.setenv("RAYREC_NATIVE_KERNELS", "0")
-    assert not native.enabled()
-    eager = run()
+    with_c = run(True)
+    assert not uses_c(accelerated(FusedCrossEntropy(), use_c=False))   # model.accel_kernels: off
+    eager = run(False)
     assert torch.allclose(with_c[0], eager[0], rtol=1e-6)
     for a, e in zip(with_c[1], eager[1]):
         assert float((a - e).norm() / e.norm()) < (3e-3 if mm_dtype else 1e-5)

@@ -1,6 +1,5 @@
-"""rayrec's forwards over real positions only (llama_fast.py, gpt2_fast.py) compute HF's
-LlamaModel and GPT2Model at every real position, values and gradients, and leave every
-other call to HF."""
+"""rayrec's forwards over real positions only (accel/llama.py, gpt2.py, bert.py) compute
+HF's models at every real position, values and gradients, and leave every other call to HF."""
 import copy
 
 import pytest
@@ -8,13 +7,12 @@ import torch
 from transformers import (BertConfig, BertModel, ElectraConfig, ElectraModel, GPT2Config, GPT2Model, LlamaConfig,
                           LlamaModel, RobertaConfig, RobertaModel)
 
-from rayrec.models import attention
-from rayrec.models.bert_fast import FAST
-from rayrec.models.bodies import build_body, fast_variant
+from rayrec.accel import apply
+from rayrec.accel.bert import FAST
+from rayrec.accel.gpt2 import FastGPT2Model
+from rayrec.accel.llama import FastLlamaModel
+from rayrec.models.bodies import build_body
 from rayrec.models.config import ModelConfig
-from rayrec.models.dropout import use_fast_dropout
-from rayrec.models.gpt2_fast import FastGPT2Model
-from rayrec.models.llama_fast import FastLlamaModel
 
 LLAMA = dict(vocab_size=1, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
              intermediate_size=64, max_position_embeddings=12, attention_dropout=0.0, pad_token_id=None,
@@ -36,9 +34,12 @@ DROPOUT = {"llama": {"attention_dropout": 0.3}, "gpt2": {"resid_pdrop": 0.3, "em
 def pair(kind="llama", **overrides):
     config, model, fast_type, settings = KINDS[kind]
     torch.manual_seed(0)
-    hf = use_fast_dropout(model._from_config(config(**{**settings, **overrides}),
-                                             attn_implementation=attention.register()))
-    fast = fast_variant(copy.deepcopy(hf))
+    hf = model._from_config(config(**{**settings, **overrides}))
+    fast = copy.deepcopy(hf)
+    # the reference: HF's forward (accel's class with the unpadding off falls back to it), with
+    # the same dropout and attention functions as the fast one, so that their draws match
+    apply(hf, ModelConfig(accel_unpad=False))
+    apply(fast, ModelConfig())
     assert type(fast) is fast_type
     return hf, fast
 
@@ -120,7 +121,9 @@ def test_other_calls_go_to_hf(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_rayrecs_body_is_the_fast_one_and_clm_still_causal(kind):
-    body = build_body(ModelConfig(arch=kind, d_model=32, n_head=4, n_layer=1, max_len=10, masking="clm"))
+    cfg = ModelConfig(arch=kind, d_model=32, n_head=4, n_layer=1, max_len=10, masking="clm")
+    body = build_body(cfg)
+    apply(body, cfg)
     assert type(body.model) is KINDS[kind][2]
     assert body.causal_by == ("native" if kind in ("llama", "gpt2") else "is_decoder")
 

@@ -5,9 +5,19 @@ import pytest
 import torch
 from transformers import XLNetConfig, XLNetModel
 
+from conftest import accelerated
+
+from rayrec.accel import apply
+from rayrec.accel.xlnet import FastXLNetModel
 from rayrec.models.bodies import build_body
 from rayrec.models.config import ModelConfig
-from rayrec.models.xlnet_fast import FastXLNetModel, use_fast_xlnet
+
+
+def use_fast_xlnet(model):
+    """accel's swap of an XLNetModel alone (its dropout modules kept, as in HF's)."""
+    if type(model) is XLNetModel:
+        model.__class__ = FastXLNetModel
+    return accelerated(model)
 
 B, L, D = 6, 9, 32
 
@@ -40,8 +50,12 @@ def test_swapped_in_only_for_xlnet_and_keeps_parameter_names():
     hf, fast = pair()
     assert type(fast) is FastXLNetModel and type(hf) is XLNetModel
     assert list(fast.state_dict()) == list(hf.state_dict())
-    assert type(use_fast_xlnet(torch.nn.Linear(2, 2))) is torch.nn.Linear
-    body = build_body(ModelConfig(arch="xlnet", masking="mlm", d_model=D, n_head=4, n_layer=2, max_len=L))
+    linear = torch.nn.Linear(2, 2)
+    apply(linear, ModelConfig())
+    assert type(linear) is torch.nn.Linear
+    cfg = ModelConfig(arch="xlnet", masking="mlm", d_model=D, n_head=4, n_layer=2, max_len=L)
+    body = build_body(cfg)
+    apply(body, cfg)
     assert type(body.model) is FastXLNetModel
 
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from rayrec.etl.columns import pad_ragged  # noqa: F401  (numpy only: the Triton workflow model pads with it)
+from rayrec.arrays import pad_ragged
 
 Batch = dict[str, np.ndarray]
 PAD = 0

@@ -11,6 +11,9 @@ perm_mask) and the probe must confirm it, else the build fails.
 
 Every parameter a training step leaves without gradient is frozen (HF's own word
 embeddings, XLNet's unused segment biases...), so DDP needs no find_unused_parameters.
+
+These are HF's and torch's modules as they are; accel swaps in faster forwards of the
+same functions (accel/__init__.py), never this module.
 """
 from __future__ import annotations
 
@@ -19,13 +22,7 @@ import math
 import torch
 from torch import nn
 
-from rayrec.models import attention, gru_fast
 from rayrec.models.config import ModelConfig
-from rayrec.models.bert_fast import use_fast_encoder
-from rayrec.models.dropout import use_fast_dropout
-from rayrec.models.gpt2_fast import use_fast_gpt2
-from rayrec.models.llama_fast import use_fast_llama
-from rayrec.models.xlnet_fast import use_fast_xlnet
 
 CAUSAL_NATIVE, CAUSAL_DECODER, CAUSAL_MASK4D, CAUSAL_PERM = "native", "is_decoder", "mask4d", "perm_mask"
 
@@ -97,8 +94,7 @@ class HFBody(nn.Module):
 
 class RNNBody(nn.Module):
     """GRU / LSTM over right-padded sequences: padding comes after every real position, so
-    the outputs at real positions never depend on it. On CPU the GRU runs only the real
-    positions (gru_fast.py)."""
+    the outputs at real positions never depend on it."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -108,10 +104,6 @@ class RNNBody(nn.Module):
         self.causal_by = CAUSAL_NATIVE
 
     def forward(self, x: torch.Tensor, attend: torch.Tensor, perm_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if gru_fast.applies(self.rnn, x):
-            out = gru_fast.gru(self.rnn, x, attend)
-            if out is not None:
-                return out
         return self.rnn(x)[0]
 
 
@@ -119,7 +111,7 @@ def build_body(cfg: ModelConfig) -> nn.Module:
     if cfg.is_rnn:
         body: nn.Module = RNNBody(cfg)
     else:
-        body = use_fast_dropout(_build_hf(cfg))
+        body = _build_hf(cfg)
     freeze_unused(body, cfg)
     return body
 
@@ -137,7 +129,7 @@ def _build_hf(cfg: ModelConfig) -> HFBody:
     seed = int(torch.randint(0, 2**62, (1,)))
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        body = HFBody(fast_variant(hf_model(AutoConfig.for_model(cfg.arch, **settings))), cfg, None)
+        body = HFBody(hf_model(AutoConfig.for_model(cfg.arch, **settings)), cfg, None)
         if is_causal(body, cfg):
             body.causal_by = CAUSAL_NATIVE
             return body
@@ -146,8 +138,7 @@ def _build_hf(cfg: ModelConfig) -> HFBody:
         if cfg.arch == "xlnet":
             body.causal_by = CAUSAL_PERM
         elif cfg.arch not in ("longformer",):  # try is_decoder, then an explicit 4-D mask
-            decoder = HFBody(fast_variant(hf_model(AutoConfig.for_model(cfg.arch, **settings, is_decoder=True))), cfg,
-                             None)
+            decoder = HFBody(hf_model(AutoConfig.for_model(cfg.arch, **settings, is_decoder=True)), cfg, None)
             if _safe_causal(decoder, cfg):
                 decoder.causal_by = CAUSAL_DECODER
                 return decoder
@@ -158,18 +149,9 @@ def _build_hf(cfg: ModelConfig) -> HFBody:
     return body
 
 
-def fast_variant(model: nn.Module) -> nn.Module:
-    """rayrec's forward for the HF models it has one for (same parameters, same function)."""
-    return use_fast_encoder(use_fast_gpt2(use_fast_llama(use_fast_xlnet(model))))
-
-
 def hf_model(config) -> nn.Module:
-    """The HF model of `config`, on rayrec's attention (cheap CPU dropout) where the model
-    takes an attention function (transformers' attention interface), else HF's own."""
-    from transformers import MODEL_MAPPING, AutoModel
+    from transformers import AutoModel
 
-    if getattr(MODEL_MAPPING[type(config)], "_supports_attention_backend", False):
-        return AutoModel.from_config(config, attn_implementation=attention.register())
     return AutoModel.from_config(config)
 
 

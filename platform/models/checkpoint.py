@@ -18,6 +18,7 @@ from rayrec.files import read_versioned_json
 from rayrec.models.config import ModelConfig
 from rayrec.models.features import FeatureSpec, load_pretrained, resolve_features
 from rayrec.models.session_model import SessionModel
+from rayrec.rundir import MODEL_META, MODEL_WEIGHTS
 from rayrec.schema import Schema
 
 FORMAT_VERSION = 2
@@ -39,11 +40,11 @@ def new_model(cfg: ModelConfig, features: list[FeatureSpec]) -> SessionModel:
 def save_model(model: SessionModel, directory: str, extra: dict | None = None) -> None:
     os.makedirs(directory, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(_dedupe_tied(state), os.path.join(directory, "model.safetensors"))
+    save_file(_dedupe_tied(state), os.path.join(directory, MODEL_WEIGHTS))
     meta = {"format_version": FORMAT_VERSION, "n_items": model.n_items, "first_item": model.first_item,
             "model": asdict(model.cfg), "features": [asdict(f) for f in model.features],
             "frozen": [n for n, p in model.named_parameters() if not p.requires_grad], **(extra or {})}
-    with open(os.path.join(directory, "model.json"), "w") as f:
+    with open(os.path.join(directory, MODEL_META), "w") as f:
         json.dump(meta, f, indent=2)
 
 
@@ -60,16 +61,16 @@ def _dedupe_tied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def read_model_meta(directory: str) -> dict:
-    return read_versioned_json(os.path.join(directory, "model.json"), FORMAT_VERSION, "rayrec model directory")
+    return read_versioned_json(os.path.join(directory, MODEL_META), FORMAT_VERSION, "rayrec model directory")
 
 
 def load_model(directory: str) -> SessionModel:
     meta = read_model_meta(directory)
     cfg = ModelConfig(**meta["model"])
     model = SessionModel(cfg, [FeatureSpec(**f) for f in meta["features"]])
-    model.load_state_dict(load_file(os.path.join(directory, "model.safetensors")))
+    model.load_state_dict(load_file(os.path.join(directory, MODEL_WEIGHTS)))
     return model.eval()
 
 
 def load_weights(model: torch.nn.Module, directory: str) -> None:
-    model.load_state_dict(load_file(os.path.join(directory, "model.safetensors")))
+    model.load_state_dict(load_file(os.path.join(directory, MODEL_WEIGHTS)))

@@ -11,8 +11,6 @@ from typing import Any
 
 from rayrec.config_io import at_least, probabilities
 
-# Bodies with names; any other transformers `model_type` that accepts inputs_embeds works too.
-HF_ARCHS = ("xlnet", "gpt2", "bert", "roberta", "albert", "electra", "longformer", "reformer", "llama", "mistral")
 RNN_ARCHS = ("gru", "lstm")
 MASKINGS = ("clm", "mlm", "plm", "rtd")
 AGGREGATIONS = ("concat", "elementwise-sum", "elementwise-sum-item-multi")
@@ -22,6 +20,7 @@ LOSSES = ("full", "sampled")
 EVAL_ON = ("last", "all")
 SUMMARIES = ("last", "first", "mean")
 TASKS = ("binary", "regression")
+SWITCHES = ("auto", "off")
 
 
 @dataclass
@@ -94,6 +93,11 @@ class ModelConfig:
     next_item_weight: float = 1.0      # loss weight of next-item prediction
     heads: list[HeadConfig] = field(default_factory=list)
 
+    # --- acceleration (rayrec.accel: the same functions and parameters, computed faster) ---
+    accel: str = "auto"                # auto: rayrec's forwards and kernels where they apply | off: HF and torch as they are
+    accel_kernels: str = "auto"        # auto: the C kernels where `rayrec build-kernels` built them | off: their torch passes
+    accel_unpad: bool = True           # bodies compute only the real positions (false: the whole padded grid)
+
     def __post_init__(self):
         self.heads = [h if isinstance(h, HeadConfig) else _head(h) for h in self.heads]
         _choice("model.masking", self.masking, MASKINGS)
@@ -102,6 +106,8 @@ class ModelConfig:
         _choice("model.embedding_init", self.embedding_init, INITS)
         _choice("model.loss", self.loss, LOSSES)
         _choice("model.eval_on", self.eval_on, EVAL_ON)
+        _choice("model.accel", self.accel, SWITCHES)
+        _choice("model.accel_kernels", self.accel_kernels, SWITCHES)
         if not isinstance(self.arch, str) or not self.arch:
             raise ValueError("model.arch must name a body, e.g. gpt2, xlnet, bert, llama or gru")
         for name in ("mlm_probability", "plm_probability"):

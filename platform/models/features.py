@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from rayrec.models.config import ModelConfig
-from rayrec.models.dropout import FastDropout
 from rayrec.schema import CATEGORICAL, CONTINUOUS, ITEM_ID, Schema
 
 PAD = 0
@@ -154,7 +153,7 @@ class FeatureEmbedding(nn.Module):
         else:
             self.out = nn.Linear(width, cfg.d_model) if width != cfg.d_model else nn.Identity()
         self.norm = nn.LayerNorm(cfg.d_model) if cfg.layer_norm else nn.Identity()
-        self.drop = FastDropout(cfg.dropout if cfg.input_dropout is None else cfg.input_dropout)
+        self.drop = nn.Dropout(cfg.dropout if cfg.input_dropout is None else cfg.input_dropout)
 
     def table(self, spec: FeatureSpec) -> nn.Embedding:
         return self.tables[spec.table]

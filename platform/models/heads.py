@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rayrec.models.config import HeadConfig, ModelConfig
-from rayrec.models.losses import ROW_QUANTUM, linear_cross_entropy, smoothed_cross_entropy
+from rayrec.models.losses import ROW_QUANTUM, CatalogueCrossEntropy
 
 NEG = float("-inf")
 
@@ -31,6 +31,7 @@ class NextItemHead(nn.Module):
         width = dim if cfg.tie_weights else cfg.d_model
         self.project = nn.Linear(cfg.d_model, width) if width != cfg.d_model else nn.Identity()
         self.bias = nn.Parameter(torch.zeros(self.n_items))
+        self.cross_entropy = CatalogueCrossEntropy()   # accel fuses it (accel/losses.py)
 
     def item_weight(self) -> torch.Tensor:
         return self.item_table.weight if self.item_table is not None else self.weight
@@ -56,7 +57,7 @@ class NextItemHead(nn.Module):
     def full_scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, n_items], -inf at codes below first_item. Under autocast (training: ELECTRA's
         generator) the rows are padded to a multiple of ROW_QUANTUM, so that the bf16
-        matmul's shape repeats across steps (see losses.LinearCrossEntropy)."""
+        matmul's shape repeats across steps (see accel/losses.py)."""
         n = len(hidden)
         if torch.is_autocast_enabled(hidden.device.type) and n % ROW_QUANTUM:
             hidden = torch.cat([hidden, hidden.new_zeros((ROW_QUANTUM - n % ROW_QUANTUM, *hidden.shape[1:]))])
@@ -71,8 +72,8 @@ class NextItemHead(nn.Module):
     def loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.cfg.loss == "sampled":
             logits, labels = self.sampled_logits(hidden, targets)
-            return smoothed_cross_entropy(logits, labels, self.cfg.label_smoothing)
-        return linear_cross_entropy(*self.linear_parts(hidden, self.first), targets - self.first,
+            return self.cross_entropy.of_logits(logits, labels, self.cfg.label_smoothing)
+        return self.cross_entropy(*self.linear_parts(hidden, self.first), targets - self.first,
                                     self.cfg.label_smoothing)
 
     def sampled_logits(self, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

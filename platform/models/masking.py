@@ -12,8 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from rayrec.models import native, softmax_rows
+from torch import nn
 
 PAD = 0
 
@@ -93,16 +92,14 @@ def eval_slot(items: torch.Tensor, two_stream: bool) -> Masked:
     return Masked(targets=torch.zeros_like(items), hide=slot, perm_mask=perm)
 
 
-def sample_logits(logits: torch.Tensor) -> torch.Tensor:
-    """One draw per row from softmax(logits) ([N, C], -inf where an item may not be drawn);
-    `logits` may be overwritten. With rayrec's C kernels one pass makes each row's
-    exponentials in place and a second walks them to the draw; the torch path's softmax and
-    [N, C] cumulative sum (sample_rows) were a fifth of an ELECTRA-rtd CPU step."""
-    if native.enabled() and softmax_rows.supports(logits) and logits.dim() == 2 and len(logits):
-        x = logits if logits.stride(1) == 1 else logits.contiguous()
-        _, inv, _, _ = softmax_rows.forward(x, torch.zeros(len(x), dtype=torch.int64), False)
-        return softmax_rows.sample(x, (1.0 - torch.rand(len(x))) / inv)  # a target in (0, row total]
-    return sample_rows(torch.softmax(logits.float(), -1))
+class ProposalSampler(nn.Module):
+    """ELECTRA's proposals: one draw per row from softmax(logits) ([N, C], -inf where an
+    item may not be drawn); `logits` may be overwritten. accel replaces it with C passes
+    (accel/sampling.py): the softmax and [N, C] cumulative sum here were a fifth of an
+    ELECTRA-rtd CPU step."""
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return sample_rows(torch.softmax(logits.float(), -1))
 
 
 def sample_rows(weights: torch.Tensor) -> torch.Tensor:

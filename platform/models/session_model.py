@@ -20,7 +20,7 @@ from rayrec.models.bodies import build_body
 from rayrec.models.config import ModelConfig
 from rayrec.models.features import FeatureEmbedding, FeatureSpec
 from rayrec.models.heads import NextItemHead, SequenceHead
-from rayrec.models.masking import Masked, eval_slot, mask_clm, mask_mlm, mask_plm, replace_tokens, sample_logits
+from rayrec.models.masking import Masked, eval_slot, mask_clm, mask_mlm, mask_plm, ProposalSampler, replace_tokens
 
 PAD = 0
 
@@ -40,6 +40,7 @@ class SessionModel(nn.Module):
         self.next_item = NextItemHead(cfg, self.inputs.item_table, features[0].first_code)
         self.seq_heads = nn.ModuleList(SequenceHead(h, cfg.d_model) for h in cfg.heads)
         self.discriminator = nn.Linear(cfg.d_model, 1) if cfg.masking == "rtd" else None
+        self.sampler = ProposalSampler() if cfg.masking == "rtd" else None
         self.loss_parts: dict[str, float] = {}
 
     @property
@@ -112,7 +113,7 @@ class SessionModel(nn.Module):
                 proposals = pool[torch.randint(0, len(pool), items.shape, device=items.device)]
             else:
                 proposals = torch.zeros_like(items)
-                proposals[hide] = sample_logits(self.next_item.full_scores(hidden[hide].detach()))
+                proposals[hide] = self.sampler(self.next_item.full_scores(hidden[hide].detach()))
         corrupted, replaced = replace_tokens(items, hide, proposals)
         out = self.encode({**batch, self.item_col: corrupted})
         logits = self.discriminator(out).squeeze(-1)

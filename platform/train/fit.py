@@ -18,49 +18,75 @@ from rayrec.train.session import Listener
 from rayrec.train.spec import RunSpec
 
 
-def fit(spec: RunSpec, storage: str, name: str, dest: str, listeners: list[Listener] = (),
-        callbacks: list = (), address: str | None = None) -> list[dict]:
-    """Train; copy the final checkpoint to local `dest` and return the per-window history.
+class InProcess:
+    """`workers: 0`: the loop in the caller's process, its checkpoints in `spec.scratch`
+    (a later call with the same scratch resumes from the newest)."""
 
-    With workers, Ray keeps the checkpoints in `storage`/`name`, and a run started again
-    with the same two resumes from the newest. In-process, `spec.scratch` plays that part.
-    `listeners` get every report of an in-process run; `callbacks` are Ray Train callbacks
-    of a run with workers (which report through Ray Train's controller)."""
-    if spec.train.workers == 0:
+    @staticmethod
+    def scratch(tmp: str, checkpoints: str | None) -> str:
+        return os.path.join(checkpoints, "in-process") if checkpoints else os.path.join(tmp, "scratch")
+
+    @staticmethod
+    def fit(spec: RunSpec, storage: str, name: str, dest: str, listeners: list[Listener], callbacks: list,
+            address: str | None) -> None:
         from rayrec.train.loop import run_in_process
 
         with own_signals():
             manager = run_in_process(spec, listeners)
-        final = manager.latest()
-        shutil.copytree(final, dest)
-        return checkpoints.history(dest)
-    trainer = build_trainer(spec, storage, name, callbacks)
-    init_ray(address)
-    # the controller collects one report per worker per poll (default every 2 s); a
-    # report waits for it: measured 1.6-1.8 s per report at 2 s, 0.19 s at 0.2 s
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
-    if not (address or os.environ.get("RAY_ADDRESS")):
-        # a private local cluster has no node to be preempted; Ray's watcher for it
-        # logs an error line at every start
-        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    with own_signals():
-        result = trainer.fit()
-    if result.error is not None:
-        raise result.error
-    if result.checkpoint is None:
-        raise RuntimeError("training finished without a checkpoint")
-    with result.checkpoint.as_directory() as d:
-        shutil.copytree(d, dest)
+        shutil.copytree(manager.latest(), dest)
+
+    @staticmethod
+    def latest(spec: RunSpec, storage: str, name: str, dest: str) -> str | None:
+        return checkpoints.copy_latest(os.path.dirname(spec.scratch), os.path.basename(spec.scratch), dest,
+                                       prefix=checkpoints.CheckpointManager.PREFIX)
+
+
+class OnRayTrain:
+    """`workers: N`: a Ray Train worker group; Ray keeps the checkpoints in `storage`/`name`,
+    and a run started again with the same two resumes from the newest. Reports reach the
+    caller through Ray Train callbacks (its controller's), not listeners."""
+
+    @staticmethod
+    def scratch(tmp: str, checkpoints: str | None) -> str:
+        return os.path.join(tmp, "scratch")
+
+    @staticmethod
+    def fit(spec: RunSpec, storage: str, name: str, dest: str, listeners: list[Listener], callbacks: list,
+            address: str | None) -> None:
+        trainer = build_trainer(spec, storage, name, callbacks)
+        init_ray(address)   # with rayrec's runtime_env (raylocal.py): Train's controller and workers read it
+        with own_signals():
+            result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+        if result.checkpoint is None:
+            raise RuntimeError("training finished without a checkpoint")
+        with result.checkpoint.as_directory() as d:
+            shutil.copytree(d, dest)
+
+    @staticmethod
+    def latest(spec: RunSpec, storage: str, name: str, dest: str) -> str | None:
+        return checkpoints.copy_latest(storage, name, dest)
+
+
+def runner(tcfg: TrainConfig) -> type[InProcess] | type[OnRayTrain]:
+    """Where a run's loop runs: the one place that looks at `train.workers` to decide."""
+    return OnRayTrain if tcfg.workers > 0 else InProcess
+
+
+def fit(spec: RunSpec, storage: str, name: str, dest: str, listeners: list[Listener] = (),
+        callbacks: list = (), address: str | None = None) -> list[dict]:
+    """Train; copy the final checkpoint to local `dest` and return the per-window history.
+    `listeners` get every report of an in-process run; `callbacks` are Ray Train callbacks
+    of a run with workers (which report through Ray Train's controller)."""
+    runner(spec.train).fit(spec, storage, name, dest, list(listeners), list(callbacks), address)
     return checkpoints.history(dest)
 
 
 def latest_checkpoint(spec: RunSpec, storage: str, name: str, dest: str) -> str | None:
     """After a run stopped: copy its newest whole checkpoint to `dest`; where it stands,
     or None when it saved none."""
-    if spec.train.workers > 0:
-        return checkpoints.copy_latest(storage, name, dest)
-    return checkpoints.copy_latest(os.path.dirname(spec.scratch), os.path.basename(spec.scratch), dest,
-                                   prefix=checkpoints.CheckpointManager.PREFIX)
+    return runner(spec.train).latest(spec, storage, name, dest)
 
 
 def build_trainer(spec: RunSpec, storage: str, name: str, callbacks: list = ()):

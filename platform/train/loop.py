@@ -15,14 +15,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import ray.train
-import ray.train.torch
 import torch
 
 from rayrec.files import local_copy
 from rayrec.metrics import finalize
 from rayrec.models.batch import Batch, concat_batches, take, to_tensors
-from rayrec.models.checkpoint import new_model
+from rayrec.accelerated import new_model
 from rayrec.models.session_model import SessionModel
 from rayrec.train.allocator import keep_freed_memory, restore_allocator
 from rayrec.train.config import TrainConfig
@@ -45,15 +43,15 @@ def train_loop_per_worker(config: dict) -> None:
     with training_process(worker_threads(spec.train.threads_per_worker)), open(os.devnull, "w") as null, \
             contextlib.redirect_stdout(null) if spec.quiet else contextlib.nullcontext():
         quiet_report_log()
-        _train(spec, RaySession(spec.scratch))
+        _train(spec, RaySession(spec.scratch, spec.train))
 
 
 def run_in_process(spec: RunSpec, listeners: list[Listener] = ()) -> CheckpointManager:
     """The loop in the caller's process, its checkpoints kept in `spec.scratch` (resumed
     from, when an earlier attempt left some there). Returns their manager."""
     manager = CheckpointManager(spec.scratch, spec.train.keep_checkpoints, spec.train.checkpoint_metric)
-    with training_process(threads_for(spec.train.threads_per_worker)):
-        _train(spec, LocalSession(manager, listeners))
+    with training_process(threads_for(spec.train.threads_per_worker), allocator=spec.owns_process):
+        _train(spec, LocalSession(manager, spec.train, listeners))
     return manager
 
 
@@ -66,13 +64,14 @@ def worker_threads(setting) -> int:
 
 
 @contextlib.contextmanager
-def training_process(threads: int):
-    """The process settings a training loop wants (its torch threads, freed memory kept
-    in the heap), undone afterwards: with `--workers 0` the loop runs in the caller's
-    process, which must get its own settings back."""
+def training_process(threads: int, allocator: bool = True):
+    """The process settings a training loop wants (its torch threads, and, in a process
+    rayrec owns, freed memory kept in the heap), undone afterwards: with `--workers 0` the
+    loop runs in the caller's process, which must get its own settings back. A caller's
+    notebook or service (`allocator` False) keeps its malloc settings throughout."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
-    kept = keep_freed_memory()
+    kept = keep_freed_memory() if allocator else False
     try:
         yield
     finally:
@@ -86,6 +85,8 @@ def _train(spec: RunSpec, session: RaySession | LocalSession) -> None:
     rank, world = session.rank, session.world
     torch.manual_seed(tcfg.seed)
     model = new_model(mcfg, features)
+    # the path each worker actually runs (accel's fast forwards and kernels, or why not), for metrics.json
+    accel = session.gather({"rank": rank, "node": session.node, **model.accel_report})
     targets = [h.target for h in mcfg.heads]
     reporter = Reporter(spec, session)
 
@@ -93,11 +94,9 @@ def _train(spec: RunSpec, session: RaySession | LocalSession) -> None:
         return load_batch(split_path(spec.data_dir, day, split), features, targets, mcfg.max_len, rank, world)
 
     if rank == 0 and not spec.quiet:
-        where_ = "in-process on" if isinstance(session, LocalSession) else f"on {world} Ray Train worker(s) x"
-        chosen = precision(tcfg, torch.device("cuda" if tcfg.use_gpu else "cpu"))
-        say(f"[rayrec] training {where_} {torch.get_num_threads()} torch thread(s) "
+        say(f"[rayrec] training {session.where} {torch.get_num_threads()} torch thread(s) "
             f"(train.threads_per_worker: {tcfg.threads_per_worker}), "
-            f"{chosen} (train.precision: {tcfg.precision})")
+            f"{session.precision} (train.precision: {tcfg.precision})")
     history: list[dict] = []
     attempt, state = 0, None  # worker-group restarts so far; a window's unfinished training state
     with session.restored() as d:  # after a failure: the group's (or the earlier attempt's) last checkpoint
@@ -119,13 +118,12 @@ def _train(spec: RunSpec, session: RaySession | LocalSession) -> None:
     trained, planned = [r["train_day"] for r in history], [window[0] for window, _ in spec.days]
     if planned[:start] != trained:
         raise ValueError(f"the checkpoint has trained days {trained}, which do not begin the planned days {planned}")
-    device = torch.device("cpu") if not tcfg.use_gpu else \
-        ray.train.torch.get_device() if isinstance(session, RaySession) else torch.device("cuda")
+    device = session.device
     sparse = catalogue_parameters(model, features[0].cardinality) \
         if world > 1 and tcfg.sparse_embedding_sync(mcfg.loss) else {}
     if sparse:
         exclude_from_ddp(model, list(sparse))
-    model = ray.train.torch.prepare_model(model) if world > 1 else model.to(device)
+    model = session.prepare(model)
     core: SessionModel = model.module if hasattr(model, "module") else model
     row_sync = None
     if sparse:
@@ -159,12 +157,13 @@ def _train(spec: RunSpec, session: RaySession | LocalSession) -> None:
         resume = state if state and state["partial"]["window"] == train_day else None
         inside = tcfg.checkpoint_every != "window" or tcfg.eval_every == "epoch"
         train = train_one_day(model, tcfg, data, rank, world, train_day, device, resume,
-                              save_partial if inside else None, first_step=global_step, row_sync=row_sync)
+                              save_partial if inside else None, first_step=global_step, row_sync=row_sync,
+                              chosen=session.precision)
         state = None
         global_step = train["global_step"]
         record = {"train_day": train_day, "window": window, "window_index": step + 1, "eval_day": eval_day,
                   "evaluation": (step + 1) * tcfg.epochs if tcfg.eval_every == "epoch" else step + 1,
-                  "attempt": attempt, **train}
+                  "attempt": attempt, **train, "accel": accel}
         scores = evaluate()
         if scores:
             record.update(scores)
@@ -177,7 +176,9 @@ def _train(spec: RunSpec, session: RaySession | LocalSession) -> None:
 
 def quiet_report_log() -> None:
     """Ray Train 2.60 logs every report at INFO under a logger named by its file path, so its
-    LoggingConfig (which filters `ray.train.*`) misses it; silence that one logger."""
+    LoggingConfig (which filters `ray.train.*`) misses it; silence that one logger. No public
+    API reaches it (the logger's name is the module's file), so this names Ray's module, and
+    pyproject pins ray==2.60.0."""
     import ray.train.v2._internal.execution.context as context
 
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
@@ -189,19 +190,21 @@ def where(state: dict | None) -> str:
 
 def train_one_day(model, tcfg: TrainConfig, data: Batch, rank: int, world: int, day: int,
                   device: torch.device = torch.device("cpu"), resume: dict | None = None,
-                  save_partial=None, first_step: int = 0, row_sync=None) -> dict:
+                  save_partial=None, first_step: int = 0, row_sync=None, chosen: str | None = None) -> dict:
     """Epochs over this worker's shard: fresh AdamW and schedule (or, with `resume`, the
     saved ones, from the saved position: epoch and batch), optional autocast, gradient
     accumulation (without DDP syncs on the inner micro-batches) and clipping.
     `save_partial(partial, optimizer, schedule)` runs at every checkpoint inside the
     window (after each epoch but the last, or every N optimizer steps). `row_sync` (the
-    catalogue tables' sparse gradient exchange) runs after the last micro-batch's backward."""
+    catalogue tables' sparse gradient exchange) runs after the last micro-batch's backward.
+    `chosen` is the session's precision (default: train.precision resolved for one process)."""
+    chosen = chosen or precision(tcfg, device)
     optimizer = make_optimizer(model, tcfg)
     n = len(next(iter(data.values())))
     micro = -(-n // tcfg.batch_size)  # micro-batches per epoch on this worker's shard
     steps_per_epoch = max(1, -(-micro // tcfg.grad_accum))
     schedule = make_schedule(optimizer, tcfg, steps_per_epoch)
-    scaler = grad_scaler(tcfg, device)
+    scaler = grad_scaler(chosen, device)
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     losses, seen, first_epoch, first_micro, before = [], 0, 0, 0, 0.0
@@ -232,7 +235,7 @@ def train_one_day(model, tcfg: TrainConfig, data: Batch, rank: int, world: int, 
             last_micro = (j + 1) % tcfg.grad_accum == 0 or j == micro - 1
             sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
             with sync:
-                with autocast(tcfg, device):
+                with autocast(chosen, device):
                     loss = model(batch)
                 scaler.scale(loss / tcfg.grad_accum).backward()
             if last_micro:

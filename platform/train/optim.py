@@ -51,7 +51,7 @@ def cpu_has_amx_bf16() -> bool:
         return False
 
 
-def precision(tcfg: TrainConfig, device: torch.device) -> str:
+def precision(tcfg: TrainConfig, device: torch.device, worker_group: bool = False) -> str:
     """train.precision with `auto` resolved: bf16 where bf16 matmuls run natively (AMX
     CPUs: the logits and body matmuls 2.5-3.6x faster here, at the same NDCG, per
     BENCHMARKS.md; GPUs that support it), fp32 elsewhere (AVX-512 without AMX emulates bf16).
@@ -63,23 +63,22 @@ def precision(tcfg: TrainConfig, device: torch.device) -> str:
     the 2.5-3.6x is worth by default; docs/train-config.md says so under `seed`."""
     if tcfg.precision != "auto":
         return tcfg.precision
-    if tcfg.workers > 0:
+    if worker_group:
         return "fp32"
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if device.type == "cpu" and cpu_has_amx_bf16() else "fp32"
 
 
-def autocast(tcfg: TrainConfig, device: torch.device):
-    """bf16 autocast on CPU or GPU, fp16 on GPU; nothing for fp32."""
-    chosen = precision(tcfg, device)
+def autocast(chosen: str, device: torch.device):
+    """bf16 autocast on CPU or GPU, fp16 on GPU; nothing for fp32 (`chosen`: precision()'s answer)."""
     if chosen == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if chosen == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
 
 
-def grad_scaler(tcfg: TrainConfig, device: torch.device):
+def grad_scaler(chosen: str, device: torch.device):
     """fp16 needs loss scaling against gradient underflow; bf16 and fp32 do not."""
-    enabled = precision(tcfg, device) == "fp16" and device.type == "cuda"
+    enabled = chosen == "fp16" and device.type == "cuda"
     return torch.amp.GradScaler(device.type, enabled=enabled)

@@ -28,6 +28,8 @@ class RunSpec:
     scratch: str                  # where rank 0 writes a checkpoint before Ray persists it
     resume_from: str | None = None  # `--resume`: the checkpoint directory (path or URI) to start from
     quiet: bool = False           # workers print no progress lines (a sweep's trials: the sweep reports)
+    owns_process: bool = False    # in-process runs: the process is rayrec's (the CLI, a trial), so its
+                                  # malloc settings may change while it trains; a library caller's stay
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -38,4 +40,4 @@ class RunSpec:
         return cls(model=ModelConfig(**d["model"]), train=TrainConfig(**d["train"]), data_dir=d["data_dir"],
                    item_col=d["item_col"], features=[FeatureSpec(**f) for f in d["features"]],
                    days=[(list(w), e) for w, e in d["days"]], scratch=d["scratch"], resume_from=d["resume_from"],
-                   quiet=d.get("quiet", False))
+                   quiet=d.get("quiet", False), owns_process=d.get("owns_process", False))

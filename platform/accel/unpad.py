@@ -1,5 +1,5 @@
 """The real positions of right-padded sessions as rows, for the bodies that skip padding
-(llama_fast, gpt2_fast, bert_fast, xlnet_fast; gru_fast rounds its rows the same way).
+(llama, gpt2, bert, xlnet here; gru rounds its rows the same way).
 
 Sessions average about 6 events of max_len 20, so a body that runs all [batch, max_len]
 positions spends about two thirds of its per-position work (projections, MLP, norms) on
@@ -15,14 +15,13 @@ changes with every batch.
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rayrec.models import attention
+from rayrec.accel import attention
 from rayrec.models.batch import right_padded
 from rayrec.models.losses import ROW_QUANTUM, padded
 
@@ -80,17 +79,19 @@ def pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
     return x if len(x) == rows else torch.cat([x, x.new_zeros(rows - len(x), *x.shape[1:])])
 
 
-def enabled() -> bool:
-    """RAYREC_UNPADDED=0 runs every body on the whole grid (to compare, or to rule this out)."""
-    return os.environ.get("RAYREC_UNPADDED", "1") != "0"
+def unpads(module: nn.Module) -> bool:
+    """Whether accel.apply let `module`'s model skip padding (model.accel_unpad: false runs
+    every body on the whole grid, to compare or to rule this out)."""
+    state = getattr(module, "rayrec_accel", None)
+    return state is not None and state.unpad
 
 
-def rows_of(attention_mask: torch.Tensor | None) -> Rows | None:
+def rows_of(attention_mask: torch.Tensor | None, module: nn.Module) -> Rows | None:
     """The rows of a 2-D padding mask, or None where the fast path does not apply: no mask,
     padding between events, sessions that fill more than MAX_FILL of the grid, an export
     trace, or a GPU (where counting the rows is a host sync per forward, and the padded
     grid was never the bottleneck measured)."""
-    if (not enabled() or attention_mask is None or attention_mask.dim() != 2 or attention_mask.device.type != "cpu"
+    if (not unpads(module) or attention_mask is None or attention_mask.dim() != 2 or attention_mask.device.type != "cpu"
             or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or not right_padded(attention_mask.bool())):
         return None
     B, L = attention_mask.shape

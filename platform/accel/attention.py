@@ -3,7 +3,7 @@
 With dropout on, torch's CPU scaled_dot_product_attention takes its math path and draws
 the dropout mask with `bernoulli_`: on ELECTRA at d_model 64 that was 5.5% of a bf16
 training step (2.5 ms per layer for a [256, 4, 20, 20] mask). This computes the same math
-path with rayrec's cheap mask (models/dropout.py). Without dropout (eval, serving,
+path with rayrec's cheap mask (accel/dropout.py). Without dropout (eval, serving,
 export, p = 0) or off the CPU it is HF's own sdpa attention, untouched.
 
 It is registered with transformers under its own name, with sdpa's mask builder, so HF
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from rayrec.models.dropout import fast_dropout
+from rayrec.accel.dropout import fast_dropout, uses_c
 
 NAME = "rayrec_sdpa"
 
@@ -36,7 +36,8 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
     elif query.shape[-2] > 1 and (is_causal if is_causal is not None else getattr(module, "is_causal", True)):
         future = torch.ones(query.shape[-2], key.shape[-2], dtype=torch.bool, device=query.device).triu(1)
         scores = scores.masked_fill(future, torch.finfo(scores.dtype).min)
-    probs = fast_dropout(torch.softmax(scores, -1, dtype=torch.float32).to(value.dtype), dropout)
+    probs = fast_dropout(torch.softmax(scores, -1, dtype=torch.float32).to(value.dtype), dropout, True,
+                         uses_c(module))
     return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
 
 

@@ -19,7 +19,7 @@ from transformers.models.bert.modeling_bert import BertModel
 from transformers.models.electra.modeling_electra import ElectraModel
 from transformers.models.roberta.modeling_roberta import RobertaModel
 
-from rayrec.models.unpad import Rows, grid_attention, linears, rows_of
+from rayrec.accel.unpad import Rows, grid_attention, linears, rows_of
 
 
 class EncoderRows:
@@ -34,7 +34,7 @@ class EncoderRows:
                  and not cfg.add_cross_attention and not cfg.chunk_size_feed_forward
                  and getattr(cfg, "position_embedding_type", "absolute") == "absolute"
                  and cfg._attn_implementation != "eager")
-        rows = rows_of(attention_mask) if plain else None
+        rows = rows_of(attention_mask, self) if plain else None
         if rows is None:
             return super().forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                                    position_ids=position_ids, inputs_embeds=inputs_embeds,
@@ -62,11 +62,17 @@ def self_attention(s: nn.Module, x, rows: Rows, causal: bool):
                           causal=causal)
 
 
-FAST = {base: type(f"Fast{base.__name__}", (EncoderRows, base), {}) for base in (ElectraModel, BertModel, RobertaModel)}
+class FastElectraModel(EncoderRows, ElectraModel):
+    pass
 
 
-def use_fast_encoder(model: nn.Module) -> nn.Module:
-    """The real-positions forward for an HF ELECTRA, BERT or RoBERTa model (same parameters)."""
-    if type(model) in FAST:
-        model.__class__ = FAST[type(model)]
-    return model
+class FastBertModel(EncoderRows, BertModel):
+    pass
+
+
+class FastRobertaModel(EncoderRows, RobertaModel):
+    pass
+
+
+FAST = {ElectraModel: FastElectraModel, BertModel: FastBertModel, RobertaModel: FastRobertaModel}
+

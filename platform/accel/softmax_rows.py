@@ -13,7 +13,7 @@ import ctypes
 
 import torch
 
-from rayrec.models.native import library
+from rayrec.accel.kernels import library
 
 BIAS_CHUNK = 64  # rows per partial sum of the bias gradient
 

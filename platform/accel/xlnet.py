@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.xlnet.modeling_xlnet import XLNetModel, XLNetModelOutput, XLNetRelativeAttention
 
-from rayrec.models.unpad import Rows, rows_of
+from rayrec.accel.unpad import Rows, rows_of
 
 
 class FastXLNetModel(XLNetModel):
@@ -43,7 +43,7 @@ class FastXLNetModel(XLNetModel):
         B, L, d = inputs_embeds.shape
         bias = mask_bias(attention_mask, perm_mask, L, self.dtype)
         # the real positions' rows (unpad.py) where the mask is a right-padded 2-D one
-        rows = rows_of(attention_mask) if attention_mask is not None and attention_mask.dim() == 2 else None
+        rows = rows_of(attention_mask, self) if attention_mask is not None and attention_mask.dim() == 2 else None
         h = self.dropout(inputs_embeds if rows is None else rows.gather(inputs_embeds.reshape(B * L, d)))
         pos = self.relative_positional_encoding(L, L, device=h.device)[:, 0]  # [2L, d], distances L..-L+1
         r = self.dropout(pos.expand(B, *pos.shape))  # HF drops out each sequence's copy
@@ -120,9 +120,3 @@ def position_scores(a: XLNetRelativeAttention, q_r: torch.Tensor, r: torch.Tenso
     s = full.stride()
     return full.as_strided((B, n, L, L), (s[0], s[1], R - 1, 1), full.storage_offset() + R - L)
 
-
-def use_fast_xlnet(model: nn.Module) -> nn.Module:
-    """The batch-major forward for an HF XLNetModel (same parameters); other models pass through."""
-    if type(model) is XLNetModel:
-        model.__class__ = FastXLNetModel
-    return model

@@ -7,7 +7,7 @@ no real position ever sees a padded one. `FastGPT2Model` computes the same funct
 the calls rayrec makes (inputs_embeds and a 2-D right-padded mask, no cache, default
 positions, no cross-attention) on the real positions' rows, with attention on the padded
 grid (unpad.grid_attention) and each dropout where HF draws it. Parameters and their
-names are HF's; any other call goes to HF's own forward. tests/test_gpt2_fast.py holds
+names are HF's; any other call goes to HF's own forward. tests/test_unpadded_bodies.py holds
 the two equal at the real positions, values and gradients.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 from transformers.models.gpt2.modeling_gpt2 import GPT2Model
 
-from rayrec.models.unpad import Rows, grid_attention, rows_of
+from rayrec.accel.unpad import Rows, grid_attention, rows_of
 
 
 class FastGPT2Model(GPT2Model):
@@ -26,7 +26,7 @@ class FastGPT2Model(GPT2Model):
         plain = (input_ids is None and inputs_embeds is not None and past_key_values is None and token_type_ids is None
                  and position_ids is None and encoder_hidden_states is None and not use_cache and not kwargs
                  and not self.config.add_cross_attention and self.config._attn_implementation != "eager")
-        rows = rows_of(attention_mask) if plain else None
+        rows = rows_of(attention_mask, self) if plain else None
         if rows is None:
             return super().forward(input_ids=input_ids, past_key_values=past_key_values, attention_mask=attention_mask,
                                    token_type_ids=token_type_ids, position_ids=position_ids,
@@ -47,9 +47,3 @@ def self_attention(a: nn.Module, x, rows: Rows):
                          scaling=a.scaling)
     return a.resid_dropout(a.c_proj(out))
 
-
-def use_fast_gpt2(model: nn.Module) -> nn.Module:
-    """The real-positions forward for an HF GPT2Model (same parameters); other models pass through."""
-    if type(model) is GPT2Model:
-        model.__class__ = FastGPT2Model
-    return model

@@ -22,14 +22,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rayrec.models import native, unpad
+from rayrec.accel import kernels, unpad
+from rayrec.accel.dropout import fast_dropout, uses_c
 from rayrec.models.batch import right_padded
-from rayrec.models.dropout import fast_dropout
+from rayrec.models.bodies import RNNBody
 
 
 def applies(rnn: nn.Module, x: torch.Tensor) -> bool:
-    """On CPU, in eager mode (an export traces torch's own GRU), unless RAYREC_UNPADDED=0."""
-    return (unpad.enabled() and isinstance(rnn, nn.GRU) and x.device.type == "cpu" and rnn.batch_first and rnn.bias
+    """On CPU, in eager mode (an export traces torch's own GRU), unless model.accel_unpad is off."""
+    return (unpad.unpads(rnn) and isinstance(rnn, nn.GRU) and x.device.type == "cpu" and rnn.batch_first and rnn.bias
             and not rnn.bidirectional and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export())
 
 
@@ -99,18 +100,14 @@ def _mm(a: torch.Tensor, b: torch.Tensor, low: torch.dtype | None) -> torch.Tens
     return (a.to(low) @ b.to(low)).float()
 
 
-def _kernels():
-    return native.library() if native.enabled() else None
-
-
 class GRULayer(torch.autograd.Function):
     """One layer over packed rows [N', d_in] -> [N', d]; `steps` (offset, rows) per time step
     cover the first N rows, the rest are zeros that keep the matmuls' shapes few (see gru)."""
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
-    def forward(ctx, data, w_ih, w_hh, b_ih, b_hh, steps, saving, low):
-        lib = _kernels()
+    def forward(ctx, data, w_ih, w_hh, b_ih, b_hh, steps, saving, low, use_c):
+        lib = kernels.library() if use_c else None
         d, rows_all = w_hh.shape[1], data.shape[0]
         gi = _mm(data, w_ih.t(), low).add_(b_ih)
         out, gh = data.new_zeros(rows_all, d), data.new_empty(rows_all, 3 * d)
@@ -152,7 +149,7 @@ class GRULayer(torch.autograd.Function):
         # h_prev is zero in step 0 and past the used rows: no terms in W_hh's gradient there
         dx = _mm(dgi, w_ih, low) if ctx.needs_input_grad[0] else None
         return (dx, _mm(dgi.t(), data, low), _mm(dgh.t(), h_prev, low), dgi[:used].sum(0), dgh[:used].sum(0),
-                None, None, None)
+                None, None, None, None)
 
 
 def gru(rnn: nn.GRU, x: torch.Tensor, attend: torch.Tensor) -> torch.Tensor | None:
@@ -166,12 +163,24 @@ def gru(rnn: nn.GRU, x: torch.Tensor, attend: torch.Tensor) -> torch.Tensor | No
     if not steps:   # no session has an event
         return x.new_zeros(B, L, rnn.hidden_size, dtype=torch.float32)
     saving = torch.is_grad_enabled()   # else no gates are kept for a backward
+    use_c = uses_c(rnn)
     low = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
     N = len(index)   # rounded up with zero rows under bf16, as unpad's rows are
     data = unpad.pad_rows(x.reshape(B * L, d_in).index_select(0, index), unpad.rounded(N))
     for k in range(rnn.num_layers):
         if k:
-            data = fast_dropout(data, rnn.dropout, rnn.training)
+            data = fast_dropout(data, rnn.dropout, rnn.training, use_c)
         data = GRULayer.apply(data, getattr(rnn, f"weight_ih_l{k}"), getattr(rnn, f"weight_hh_l{k}"),
-                              getattr(rnn, f"bias_ih_l{k}"), getattr(rnn, f"bias_hh_l{k}"), steps, saving, low)
+                              getattr(rnn, f"bias_ih_l{k}"), getattr(rnn, f"bias_hh_l{k}"), steps, saving, low, use_c)
     return data.new_zeros(B * L, rnn.hidden_size).index_copy(0, index, data[:N]).view(B, L, -1)
+
+
+class FastRNNBody(RNNBody):
+    """RNNBody whose GRU runs only the real positions, where it applies."""
+
+    def forward(self, x: torch.Tensor, attend: torch.Tensor, perm_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if applies(self.rnn, x):
+            out = gru(self.rnn, x, attend)
+            if out is not None:
+                return out
+        return self.rnn(x)[0]

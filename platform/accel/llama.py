@@ -9,7 +9,7 @@ a 2-D right-padded mask, no cache, default positions) on the real positions' row
 and v in one matmul, gate and up in one, RMSNorm in one kernel, and attention on the
 padded grid (unpad.grid_attention). Parameters and their names are HF's; any other call
 (a cache, position ids, left padding, an export trace) goes to HF's own forward.
-tests/test_llama_fast.py holds the two equal at the real positions, values and gradients.
+tests/test_unpadded_bodies.py holds the two equal at the real positions, values and gradients.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.models.llama.modeling_llama import LlamaModel, LlamaRMSNorm, rotate_half
 
-from rayrec.models.unpad import Rows, grid_attention, linears, rows_of
+from rayrec.accel.unpad import Rows, grid_attention, linears, rows_of
 
 
 class FastLlamaModel(LlamaModel):
@@ -27,7 +27,7 @@ class FastLlamaModel(LlamaModel):
                 inputs_embeds=None, use_cache=None, **kwargs):
         plain = (input_ids is None and inputs_embeds is not None and position_ids is None and past_key_values is None
                  and not use_cache and not kwargs)
-        rows = rows_of(attention_mask) if plain else None
+        rows = rows_of(attention_mask, self) if plain else None
         if rows is None:
             return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                    past_key_values=past_key_values, inputs_embeds=inputs_embeds,
@@ -64,9 +64,3 @@ def mlp(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     gate, up = linears(x, [m.gate_proj, m.up_proj]).chunk(2, dim=-1)
     return m.down_proj(m.act_fn(gate) * up)
 
-
-def use_fast_llama(model: nn.Module) -> nn.Module:
-    """The real-positions forward for an HF LlamaModel (same parameters); other models pass through."""
-    if type(model) is LlamaModel:
-        model.__class__ = FastLlamaModel
-    return model
