@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 
 DEFAULT_KS = (10, 20)
-NAMES = ("precision", "recall", "ndcg", "map", "mrr")
+# what training reports per evaluated day, and averages in metrics.json and metrics.csv
+REPORTED = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@20", "map@20", "precision@20")
 
 
 def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

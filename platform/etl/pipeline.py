@@ -29,6 +29,7 @@ from rayrec.etl.inputs import InputError, frame_from_table
 from rayrec.etl.reading import Piece, check_columns, csv_types, expand_inputs, first_row, plan_pieces, read_piece
 from rayrec.etl.workflow import Workflow, to_table
 from rayrec.files import output_location
+from rayrec.rundir import workflow_of
 from rayrec.storage import display, join, locate, parquet_writer, write_parquet
 
 SPLITS = ("train", "valid", "test")
@@ -201,7 +202,7 @@ def run_etl(inputs: list[str], out: str, config: EtlConfig, workflow: Workflow, 
         root.child("_tmp").delete()
         lap("combine")
         schema.save(root.uri)
-        workflow.save(root.child("workflow").uri)
+        workflow.save(workflow_of(root.uri))
         report = {
             "inputs": [display(f) for f in files], "events": n_events,
             "events_without_session": sum(s["dropped"] for s in staged),

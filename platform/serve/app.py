@@ -25,11 +25,12 @@ from fastapi import Response
 from fastapi.responses import PlainTextResponse
 from ray import serve
 
-from rayrec.serve.api import (VERSION_HEADER, Batch, BatchRecommendation, BodyLimit, ClientError, Health, Ready,
+from rayrec.serve.api import (VERSION_HEADER, Batch, BatchRecommendation, ClientError, Health, Hooks, Ready,
                               Recommendation, Session, error, new_api)
 from rayrec.serve.batching import Batcher, timed
 from rayrec.serve.config import ServeConfig
-from rayrec.serve.predictor import Query, Recommender, check_replaces, newest_run
+from rayrec.rundir import newest_run
+from rayrec.serve.predictor import Query, Recommender, check_replaces
 from rayrec.storage import is_uri
 
 APP = "rayrec"
@@ -57,7 +58,6 @@ class Endpoint:
         self.cfg = cfg = ServeConfig.from_json(cfg_json)
         torch.set_num_threads(cfg.replica_threads())
         self.threads = torch.get_num_threads()
-        BodyLimit.limits["max_body_bytes"] = cfg.max_body_bytes
         self.device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
         self.recommender = Recommender(run_dir).to(self.device)
         self.run_dir = run_dir
@@ -71,17 +71,11 @@ class Endpoint:
         # batching off: one session at a time, through the same queue
         self.batcher = Batcher(self.answer_batch, self.pool, cfg.max_batch_size if cfg.batching else 1,
                                cfg.batch_wait_timeout_s, self.observe)
-        # the module itself, not the names imported above: Serve copies this class, with
-        # the plain values its methods refer to, into the replica
-        from rayrec.serve import api as api_module
-
-        self.hooks = api_module.HOOKS
-        self.hooks["version"] = self.version
-        self.hooks["count"] = lambda route, status: self.metrics.counts.request(route, status, 0.0)
-        self.hooks["retry_after_s"] = cfg.retry_after_s
+        # what api.py's handlers and middleware read from this replica (api.hooks())
+        self.hooks = Hooks(version=self.version, retry_after_s=cfg.retry_after_s, max_body_bytes=cfg.max_body_bytes,
+                           count=lambda route, status: self.metrics.counts.request(route, status, 0.0),
+                           busy=self.busy if cfg.max_waiting_sessions is not None else None)
         self.batch_waiting = 0     # sessions of /recommend/batch requests waiting for the scorer
-        if cfg.max_waiting_sessions is not None:
-            self.hooks["busy"] = self.busy
         if cfg.watch:
             threading.Thread(target=self.watch, args=(cfg.watch, cfg.watch_interval_s), daemon=True,
                              name="rayrec-watch").start()
@@ -110,7 +104,7 @@ class Endpoint:
                     refused.add(newest)
                 else:
                     self.recommender, self.run_dir = new, newest       # one reference: the swap is atomic
-                    self.hooks["version"] = self.metrics.version = new.version
+                    self.hooks.version = self.metrics.version = new.version
                     self.store.serving.remote(newest, new.version)
             time.sleep(interval)
 

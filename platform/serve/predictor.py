@@ -20,11 +20,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from rayrec.accelerated import load_model
 from rayrec.etl.workflow import Workflow
 from rayrec.files import require_complete
-from rayrec.models.checkpoint import load_model
+from rayrec.rundir import RunDir
 from rayrec.schema import Schema
-from rayrec.serve.encoding import FeatureSpec, encode_session, pad_rows
+from rayrec.serve.encoding import ModelInput, encode_session, pad_rows
 from rayrec.serve.scoring import Scorer, TorchScorer
 from rayrec.storage import is_uri, locate
 
@@ -38,20 +39,20 @@ class Recommender:
                 tempfile.mkdtemp(prefix="rayrec-run-"))
             weakref.finalize(self, shutil.rmtree, copy, True)
             run_dir = copy
-        workflow_dir = os.path.join(run_dir, "workflow")
-        if not os.path.isdir(workflow_dir):
+        run = RunDir(run_dir)
+        if not os.path.isdir(run.workflow):
             raise FileNotFoundError(f"{run_dir}: no workflow/ (was the run trained on rayrec etl output?)")
-        self.workflow = Workflow.load(workflow_dir)
+        self.workflow = Workflow.load(run.workflow)
         item = Schema.load(run_dir).item_id_column()
         self.item_col, self.vocab = item.name, item.properties.get("vocab")
         if self.vocab is None:
             raise ValueError(f"{run_dir}: schema column {item.name!r} names no vocabulary; it was not "
                              "encoded by this workflow's Categorify")
         self.encoder = self.workflow.categorify_for(self.vocab)
-        self.model = load_model(os.path.join(run_dir, "checkpoint"))
+        self.model = load_model(run.checkpoint)
         self.scorer: Scorer = TorchScorer(self.model)
         self.features = feature_specs(self.model)
-        self.version = model_version(run_dir)
+        self.version = run.version()
         if self.model.n_items != self.encoder.cardinality(self.vocab):
             raise ValueError(f"{run_dir}: the model has {self.model.n_items} item rows but the workflow "
                              f"encodes {self.encoder.cardinality(self.vocab)}; they come from different datasets")
@@ -132,8 +133,8 @@ class Recommender:
         return self.recommend_many([Query(events, k, exclude_seen, include, exclude)])[0]
 
 
-def feature_specs(model) -> list[FeatureSpec]:
-    return [FeatureSpec(f.name, bool(f.is_list), f.kind == "categorical") for f in model.features]
+def feature_specs(model) -> list[ModelInput]:
+    return [ModelInput(f.name, bool(f.is_list), f.kind == "categorical") for f in model.features]
 
 
 @dataclass
@@ -157,42 +158,3 @@ def check_replaces(old: Recommender, new: Recommender) -> None:
     new_type, old_type = new.encoder.value_type(new.vocab), old.encoder.value_type(old.vocab)
     if new_type != old_type:
         raise ValueError(f"the new run's item ids are {new_type}, the served one's {old_type}")
-
-
-def newest_run(directory: str) -> str | None:
-    """The newest complete run published in `directory`: a run directory (its metrics.json
-    is written last) with the latest metrics.json."""
-    found = []
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return None
-    for name in names:
-        if name.startswith("."):      # a run still being written (published by a rename)
-            continue
-        metrics = os.path.join(directory, name, "metrics.json")
-        if os.path.isfile(metrics) and os.path.isfile(os.path.join(directory, name, "checkpoint", "model.safetensors")):
-            found.append((os.path.getmtime(metrics), name))
-    return os.path.join(directory, max(found)[1]) if found else None
-
-
-def model_version(run_dir: str) -> str:
-    """`RUN:days A-B:DIGEST`: the run's name, the days its model last trained on, and the
-    start of the weights' SHA-256, so two runs of one name never share a version."""
-    import hashlib
-    import json
-
-    ckpt = os.path.join(run_dir, "checkpoint")
-    days = ""
-    try:
-        with open(os.path.join(ckpt, "progress.json")) as f:
-            history = json.load(f).get("history") or []
-        window = history[-1].get("window") if history else None
-        days = f"days {window[0]}-{window[-1]}" if window else ""
-    except (OSError, ValueError, AttributeError, IndexError, TypeError):
-        pass
-    digest = hashlib.sha256()
-    with open(os.path.join(ckpt, "model.safetensors"), "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return ":".join(p for p in (os.path.basename(os.path.normpath(run_dir)), days, digest.hexdigest()[:12]) if p)

@@ -26,6 +26,8 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
+from rayrec.rundir import RunDir, workflow_of
+
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "triton_models")
 TYPES = {"int64": "TYPE_INT64", "int32": "TYPE_INT64", "double": "TYPE_FP64", "float": "TYPE_FP64"}
 
@@ -107,7 +109,7 @@ def write_repository(rec, run_dir: str, root: str, opts: TritonExport, export_on
 
     version = python_model(root, f"{n}_workflow", "workflow_model.py", meta,
                            config(f"{n}_workflow", "python", event_inputs, feature_io(), **common))
-    shutil.copytree(os.path.join(run_dir, "workflow"), os.path.join(version, "workflow"))
+    shutil.copytree(RunDir(run_dir).workflow, workflow_of(version))
 
     exclude = tensor("exclude_seen", "TYPE_BOOL", [1], reshape=[])
     model_io = (feature_io() + [exclude],
@@ -126,7 +128,7 @@ def write_repository(rec, run_dir: str, root: str, opts: TritonExport, export_on
                  [tensor("item_ids", id_type, [-1]), tensor("item_scores", "TYPE_FP32", [-1])])
     version = python_model(root, f"{n}_decode", "decode_model.py", meta, config(f"{n}_decode", "python", *decode_io,
                                                                                **common))
-    shutil.copytree(os.path.join(run_dir, "workflow"), os.path.join(version, "workflow"))
+    shutil.copytree(RunDir(run_dir).workflow, workflow_of(version))
 
     names = [f.name for f in features]
     steps = [step(f"{n}_workflow", [f for f, _ in fields] + ["lengths"], names + ["seen"]),

@@ -29,9 +29,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rayrec.models.checkpoint import load_weights, save_model
+from rayrec.rundir import MODEL_META, MODEL_WEIGHTS, PROGRESS
 
-PROGRESS, TENSORS, META = "progress.json", "optimizer.safetensors", "train_state.json"
-REQUIRED = ("model.json", "model.safetensors", PROGRESS)
+TENSORS, META = "optimizer.safetensors", "train_state.json"
+REQUIRED = (MODEL_META, MODEL_WEIGHTS, PROGRESS)
 
 
 def save(directory: str, model: torch.nn.Module, history: list[dict], item_col: str,

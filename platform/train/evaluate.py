@@ -63,21 +63,23 @@ def evaluate_run(run_dir: str, data_dir: str, days_spec: str | None = None, spli
 
 
 def _evaluate_run(run_dir: str, data_dir: str, days_spec: str | None, split: str) -> dict:
+    from rayrec.accelerated import load_model
     from rayrec.files import local_copy
     from rayrec.metrics import finalize
-    from rayrec.models.checkpoint import load_model
+    from rayrec.rundir import RunDir
     from rayrec.schema import Schema
-    from rayrec.storage import display, join, locate
+    from rayrec.storage import display
     from rayrec.train.config import parse_days
     from rayrec.train.data import day_dirs, load_batch, load_items, split_path
 
-    with local_copy(join(run_dir, "checkpoint"), "run checkpoint") as d:
+    run = RunDir(run_dir)
+    trained = run.metrics()["train_days"]   # a stopped run says so here, before its model loads
+    with local_copy(run.checkpoint, "run checkpoint") as d:
         model = load_model(d)
     item = Schema.load(data_dir).item_id_column()
     if item.cardinality != model.n_items:
         raise ValueError(f"{display(data_dir)}: column {item.name!r} has {item.cardinality} codes but the model "
                          f"in {display(run_dir)} was trained with {model.n_items}; evaluate on the run's own dataset")
-    trained = locate(join(run_dir, "metrics.json")).read_json()["train_days"]
     available = day_dirs(data_dir)
     if days_spec is None:  # default: the day after the last training day, else the last day
         nxt = max(trained) + 1

@@ -1,8 +1,8 @@
 """`rayrec train`: plan the days, run the loop on Ray Train, and write the run directory.
 
-RUN/ holds checkpoint/ (model.json + model.safetensors), metrics.json (per day and
-averaged, next to the most-popular baseline), and copies of the dataset's schema and
-fitted workflow, so that serving needs the run directory alone. The data and the run
+RUN/ (rundir.py names its parts) holds checkpoint/, metrics.json (per day and averaged,
+next to the most-popular baseline, and the accel path each worker ran), and copies of the
+dataset's schema and fitted workflow, so that serving needs the run directory alone. The data and the run
 may be local paths or storage URIs: the run is written in a local temporary directory
 and published whole (renamed, or uploaded with a manifest), also when it stops early.
 """
@@ -16,6 +16,8 @@ import shutil
 from dataclasses import asdict
 
 from rayrec.files import require_complete, staged_output
+from rayrec.metrics import REPORTED
+from rayrec.rundir import RunDir, workflow_of
 from rayrec.storage import display, is_uri, join, locate, parent_and_name
 from rayrec.models.config import ModelConfig
 from rayrec.models.features import resolve_features
@@ -23,15 +25,12 @@ from rayrec.schema import Schema
 from rayrec.train.config import TrainConfig, parse_days
 from rayrec.train.data import day_dirs, load_items, split_path
 from rayrec.train.evaluate import item_counts, popularity_metric_sums
-from rayrec.train.fit import fit, latest_checkpoint
+from rayrec.train.fit import fit, latest_checkpoint, runner
 from rayrec.train.session import Listener
 from rayrec.train.spec import RunSpec
 from rayrec.train.tracking import Tracker, TrackerCallback
 from rayrec.metrics import finalize
 from rayrec.plot import plot_days
-
-STOPPED = "stopped.json"  # in a run directory that ended early: its configs and why
-REPORTED = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@20", "map@20", "precision@20")
 
 
 def plan_days(data_dir: str, spec: str | None, window: int = 1) -> list[tuple[list[int], int | None]]:
@@ -45,7 +44,7 @@ def plan_days(data_dir: str, spec: str | None, window: int = 1) -> list[tuple[li
 def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
                  address: str | None = None, overwrite: bool = False, resume: str | None = None,
                  checkpoints: str | None = None, listeners: list[Listener] = (), callbacks: list = (),
-                 quiet: bool = False) -> dict:
+                 quiet: bool = False, owns_process: bool = False) -> dict:
     """Train day by day into the run directory `out`. With `resume` (a finished or
     stopped run's directory) training continues from that run's checkpoint: the days it
     trained are kept, a window it stopped inside goes on from the saved batch, the
@@ -54,7 +53,8 @@ def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: Tra
     `checkpoints` (a local directory) keeps the run's checkpoints where a later call with
     the same argument finds them and resumes, even after this process was killed; it is
     emptied once the run is published. `listeners` and `callbacks` see the reports (fit.py);
-    `quiet` keeps the workers' progress lines to themselves.
+    `quiet` keeps the workers' progress lines to themselves; `owns_process` says the calling
+    process is rayrec's own (the CLI, a trial), whose malloc settings an in-process run may tune.
 
     When training fails or is interrupted after a checkpoint, `out` is still written,
     holding that checkpoint and stopped.json (no metrics.json), and TrainingStopped says
@@ -67,18 +67,17 @@ def run_training(data_dir: str, out: str, model_cfg: ModelConfig, train_cfg: Tra
     with staged_output(out, overwrite=overwrite) as tmp, \
             checkpoint_storage(train_cfg, out, tmp, checkpoints) as storage:
         name = "run" if checkpoints else "rayrec-" + os.path.basename(tmp).lstrip(".")
-        scratch = os.path.join(checkpoints, "in-process") if checkpoints and train_cfg.workers == 0 else \
-            os.path.join(tmp, "scratch")
-        tracker = Tracker(train_cfg, os.path.join(tmp, "tensorboard"), os.path.basename(os.path.abspath(out)))
+        scratch = runner(train_cfg).scratch(tmp, checkpoints)
+        tracker = Tracker(train_cfg, RunDir(tmp).tensorboard, os.path.basename(os.path.abspath(out)))
         tracker.start(config)
         spec = RunSpec(model_cfg, train_cfg, data_dir, item.name, features, days, scratch,
-                       join(resume if is_uri(resume) else os.path.abspath(resume), "checkpoint") if resume else None,
-                       quiet=quiet)
+                       RunDir(resume if is_uri(resume) else os.path.abspath(resume)).checkpoint if resume else None,
+                       quiet=quiet, owns_process=owns_process)
         if tracker.enabled:   # in-process, the loop tells it; with workers, Ray Train's controller does
             listeners, callbacks = [*listeners, tracker], [*callbacks, TrackerCallback(tracker)]
         try:
-            history = fit(spec, storage, name, os.path.join(tmp, "checkpoint"), listeners=listeners,
-                          callbacks=callbacks if train_cfg.workers else (), address=address)
+            history = fit(spec, storage, name, RunDir(tmp).checkpoint, listeners=listeners,
+                          callbacks=callbacks, address=address)
         except (Exception, KeyboardInterrupt, SystemExit) as e:  # Ray's Ctrl-C handler aborts the run, then exits
             tracker.finish([], status="FAILED" if isinstance(e, Exception) else "KILLED")
             stopped = keep_stopped(tmp, spec, storage, name, config, e)
@@ -149,16 +148,17 @@ def finish_run(tmp: str, history: list[dict], data_dir: str, item_col: str, feat
     metrics = summarize(history, data_dir, item_col, features[0].cardinality, features[0].first_code,
                         model_cfg, train_cfg)
     metrics["config"] = config
-    with open(os.path.join(tmp, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
-    write_csv(metrics, os.path.join(tmp, "metrics.csv"))
+    run = RunDir(tmp)
+    write_csv(metrics, run.csv_path)
     if metrics["average"]:
-        plot_days(metrics, os.path.join(tmp, "metrics.png"))
+        plot_days(metrics, run.plot_path)
     schema.save(tmp)
-    workflow = locate(join(data_dir, "workflow"))
+    workflow = locate(workflow_of(data_dir))
     if workflow.is_dir():
-        workflow.download(os.path.join(tmp, "workflow"))
-    tracker.finish([os.path.join(tmp, n) for n in ("metrics.json", "metrics.csv", "metrics.png")])
+        workflow.download(run.workflow)
+    with open(run.metrics_path, "w") as f:   # last: its presence marks the run complete
+        json.dump(metrics, f, indent=2)
+    tracker.finish(run.sidecars())
     return metrics
 
 
@@ -166,7 +166,7 @@ def keep_stopped(tmp: str, spec: RunSpec, storage: str, name: str, config: dict,
                  error: BaseException) -> dict | None:
     """Keep the newest checkpoint the run saved and the configs in the run directory being
     written, so that it can be resumed; None when there is none to keep."""
-    dest = os.path.join(tmp, "checkpoint")
+    dest = RunDir(tmp).checkpoint
     shutil.rmtree(dest, ignore_errors=True)
     at = latest_checkpoint(spec, storage, name, dest)
     if at is None:
@@ -174,19 +174,20 @@ def keep_stopped(tmp: str, spec: RunSpec, storage: str, name: str, config: dict,
     for sub in ("scratch", "ray"):
         shutil.rmtree(os.path.join(tmp, sub), ignore_errors=True)
     reason = f"{type(error).__name__}: {error}" if isinstance(error, Exception) else "interrupted"
-    with open(os.path.join(tmp, STOPPED), "w") as f:
+    with open(RunDir(tmp).stopped_path, "w") as f:
         json.dump({"config": config, "reason": reason[:2000], "checkpoint": at}, f, indent=2)
     return {"reason": reason.splitlines()[0][:300], "at": at, "error": error}
 
 
 def resume_configs(run_dir: str) -> tuple[ModelConfig, TrainConfig, str]:
     """A finished or stopped run's model and train configs and data directory (a path or URI)."""
-    run = require_complete(run_dir, "run directory")
-    found = [run.child(n) for n in ("metrics.json", STOPPED) if run.child(n).is_file()]
-    if not run.child("checkpoint", "model.json").is_file() or not found:
+    require_complete(run_dir, "run directory")
+    run = RunDir(run_dir)
+    found = run.stopped() if not locate(run.metrics_path).is_file() else run.metrics()
+    if not run.has_model or found is None:
         raise FileNotFoundError(f"{display(run_dir)}: not a rayrec run directory (no checkpoint/, or neither "
-                                f"metrics.json nor {STOPPED})")
-    config = found[0].read_json()["config"]
+                                f"metrics.json nor stopped.json)")
+    config = found["config"]
     return ModelConfig(**config["model"]), TrainConfig(**config["train"]), config["data"]
 
 
@@ -207,25 +208,25 @@ def summarize(history: list[dict], data_dir: str, item_col: str, n_items: int, f
     pop_average = {k: sum(r["popularity"][k] for r in evaluated) / len(evaluated) for k in REPORTED} \
         if evaluated else {}
     return {"days": history, "average": average, "popularity_average": pop_average,
-            "train_days": [d for r in history for d in r.get("window", [r["train_day"]])]}
+            "train_days": [d for r in history for d in r.get("window", [r["train_day"]])],
+            "accel": history[-1].get("accel", []) if history else []}
 
 
-CSV_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@20", "map@20", "precision@20")
 
 
 def write_csv(metrics: dict, path: str) -> None:
     """One row per trained day (window), the model next to most-popular, then the mean."""
     head = ["train_day", "eval_day", "attempt", "train_loss", "first_loss", "train_sequences", "sequences_per_s",
-            *CSV_METRICS, "popularity_recall@20", "popularity_ndcg@20"]
+            *REPORTED, "popularity_recall@20", "popularity_ndcg@20"]
     rows = []
     for r in metrics["days"]:
         pop = r.get("popularity", {})
         rows.append([r.get("train_day"), r.get("eval_day"), r.get("attempt", 0), r.get("train_loss"),
                      r.get("first_loss"), r.get("train_sequences"), r.get("sequences_per_s"),
-                     *[r.get(k) for k in CSV_METRICS], pop.get("recall@20"), pop.get("ndcg@20")])
+                     *[r.get(k) for k in REPORTED], pop.get("recall@20"), pop.get("ndcg@20")])
     if metrics["average"]:
         a, p = metrics["average"], metrics["popularity_average"]
-        rows.append(["mean", "", "", "", "", "", "", *[a.get(k) for k in CSV_METRICS], p.get("recall@20"),
+        rows.append(["mean", "", "", "", "", "", "", *[a.get(k) for k in REPORTED], p.get("recall@20"),
                      p.get("ndcg@20")])
     with open(path, "w", newline="") as f:
         w = csv.writer(f)

@@ -22,6 +22,7 @@ from dataclasses import asdict
 import yaml
 
 from rayrec.models.config import ModelConfig
+from rayrec.rundir import RunDir, workflow_of
 from rayrec.train.config import TrainConfig
 from rayrec.tune.space import apply, describe
 from rayrec.tune.trial import PARAMS, REJECTED, TIMES, trial_dir, write_json
@@ -96,7 +97,7 @@ def trial_row(out: str, tid: str, model: ModelConfig, train: TrainConfig, metric
     if os.path.exists(os.path.join(here, REJECTED)):
         return row | {"status": REJECTED_STATUS, "message": read(os.path.join(here, REJECTED))["reason"]}
     run = os.path.join(here, "run")
-    metrics = read(os.path.join(run, "metrics.json"))
+    metrics = read(RunDir(run).metrics_path)
     if metrics is not None:
         history, status = metrics["days"], FINISHED
     else:
@@ -121,13 +122,12 @@ def publish_stopped(here: str, model: ModelConfig, train: TrainConfig, params: d
     the trial's scratch is removed. Returns the history that checkpoint holds."""
     from rayrec.files import staged_output
     from rayrec.train import checkpoints
-    from rayrec.train.trainer import STOPPED as STOPPED_FILE
 
     for leftover in glob.glob(os.path.join(here, ".run.tmp-*")):
         shutil.rmtree(leftover, ignore_errors=True)
     run = os.path.join(here, "run")
     if os.path.isdir(run):   # published on an earlier compile
-        return checkpoints.history(os.path.join(run, "checkpoint"))
+        return checkpoints.history(RunDir(run).checkpoint)
     found = checkpoints.complete(os.path.join(here, "checkpoints"), "in-process", checkpoints.CheckpointManager.PREFIX) \
         or checkpoints.complete(os.path.join(here, "checkpoints"), "run")
     if not found:
@@ -135,18 +135,19 @@ def publish_stopped(here: str, model: ModelConfig, train: TrainConfig, params: d
     model_cfg, train_cfg = apply(model, train, params)
     data = read(os.path.join(os.path.dirname(os.path.dirname(here)), "sweep.json"))["sweep"]["data"]
     with staged_output(run, overwrite=True) as tmp:
-        shutil.copytree(found[-1], os.path.join(tmp, "checkpoint"))
-        write_json(os.path.join(tmp, STOPPED_FILE),
+        staged = RunDir(tmp)
+        shutil.copytree(found[-1], staged.checkpoint)
+        write_json(staged.stopped_path,
                    {"config": {"model": asdict(model_cfg), "train": asdict(train_cfg), "data": os.path.abspath(data)},
                     "reason": error or "stopped early by the sweep's scheduler",
                     "checkpoint": checkpoints.describe(found[-1])})
         from rayrec.schema import Schema
 
         Schema.load(data).save(tmp)
-        if os.path.isdir(os.path.join(data, "workflow")):
-            shutil.copytree(os.path.join(data, "workflow"), os.path.join(tmp, "workflow"))
+        if os.path.isdir(workflow_of(data)):
+            shutil.copytree(workflow_of(data), staged.workflow)
     shutil.rmtree(os.path.join(here, "checkpoints"), ignore_errors=True)
-    return checkpoints.history(os.path.join(run, "checkpoint"))
+    return checkpoints.history(RunDir(run).checkpoint)
 
 
 def read(path: str):

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from ray.tune.progress_reporter import TrialProgressCallback
 
 from rayrec.models.config import ModelConfig
+from rayrec.rundir import RunDir
 from rayrec.train.config import TrainConfig
 from rayrec.tune.space import Space, apply, base_values, describe, load_space, trial_params
 from rayrec.tune.trial import REJECTED, TrialSpec, run_trial, trial_dir, write_json
@@ -68,7 +69,8 @@ def trial_configs(cfg: SweepConfig, model: ModelConfig, train: TrainConfig) -> t
 
 def prepare(cfg: SweepConfig, model: ModelConfig, train: TrainConfig) -> dict:
     """Check everything and expand the trials; the state written to SWEEP/sweep.json."""
-    from rayrec.train.trainer import REPORTED, check_inputs
+    from rayrec.metrics import REPORTED
+    from rayrec.train.trainer import check_inputs
 
     if cfg.metric not in REPORTED:
         raise ValueError(f"--metric {cfg.metric!r} is not reported by training; choose one of {', '.join(REPORTED)}")
@@ -168,8 +170,6 @@ def run_tune(cfg: SweepConfig, out: str, state: dict, model: ModelConfig, train:
     """The trials on Ray Tune; returns Tune's ResultGrid."""
     from ray import tune
 
-    # a rejected trial returns without a report; Tune would call that missing metric an error
-    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     per_trial, concurrent = placement
     spec = TrialSpec(os.path.abspath(cfg.data), out, model, train, cfg.metric, cfg.verbose).to_json()
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), per_trial)
@@ -254,7 +254,6 @@ def quiet(verbose: bool) -> None:
     """Ray Tune's status tables and INFO lines only with --verbose."""
     if verbose:
         return
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"   # the new engine prints its tables even when told verbose=0
     for name in ("ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # Tune logs each trial's error as a traceback at ERROR; the progress line names it and
@@ -304,7 +303,7 @@ class Progress(TrialProgressCallback):
         if os.path.exists(os.path.join(here, REJECTED)):
             with open(os.path.join(here, REJECTED)) as f:
                 self.say(f"{short(trial.trial_id)} rejected: {json.load(f)['reason']}")
-        elif os.path.exists(os.path.join(here, "run", "metrics.json")):
+        elif os.path.exists(RunDir(os.path.join(here, "run")).metrics_path):
             self.say(f"{short(trial.trial_id)} finished")
         else:
             self.say(f"{short(trial.trial_id)} stopped early")

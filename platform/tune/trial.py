@@ -24,6 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from rayrec.models.config import ModelConfig
+from rayrec.rundir import RunDir
 from rayrec.train.config import TrainConfig
 
 PARAMS, REJECTED, TIMES, LOG = "params.json", "rejected.json", "times.json", "trial.log"
@@ -108,12 +109,12 @@ def run_trial(config: dict, spec: str) -> None:
     reporter = TuneReporter(s.metric)
     if replay(here, reporter):   # finished before the driver was killed (Tune had not yet saved that)
         return
-    callbacks = [eval_report_callback(s.metric)] if train_cfg.workers else []
+    callbacks = [eval_report_callback(s.metric)]   # a run with workers reports through them (fit.OnRayTrain)
     ran = time.time()
     with own_log(os.path.join(here, LOG), s.verbose):
         metrics = run_training(s.data, os.path.join(here, "run"), model_cfg, train_cfg, overwrite=True,
                                checkpoints=os.path.join(here, "checkpoints"),
-                               listeners=[reporter], callbacks=callbacks, quiet=not s.verbose)
+                               listeners=[reporter], callbacks=callbacks, quiet=not s.verbose, owns_process=True)
     trained = sum(d.get("train_seconds", 0.0) for d in metrics["days"])
     write_json(os.path.join(here, TIMES), {"seconds": round(time.time() - started, 3),   # this attempt
                                            "run_seconds": round(time.time() - ran, 3),
@@ -128,7 +129,7 @@ def replay(here: str, reporter: TuneReporter) -> bool:
     see them; True when the trial had finished (nothing is trained again)."""
     from rayrec.train import checkpoints
 
-    metrics_path = os.path.join(here, "run", "metrics.json")
+    metrics_path = RunDir(os.path.join(here, "run")).metrics_path
     if os.path.exists(metrics_path):
         with open(metrics_path) as f:
             history = json.load(f)["days"]

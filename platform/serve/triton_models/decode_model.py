@@ -7,6 +7,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from rayrec.etl.workflow import Workflow
+from rayrec.rundir import workflow_of
 
 
 class TritonPythonModel:
@@ -15,7 +16,7 @@ class TritonPythonModel:
         with open(os.path.join(here, "rayrec.json")) as f:
             meta = json.load(f)
         self.vocab, self.max_k = meta["vocab"], meta["max_k"]
-        self.encoder = Workflow.load(os.path.join(here, "workflow")).categorify_for(self.vocab)
+        self.encoder = Workflow.load(workflow_of(here)).categorify_for(self.vocab)
         self.strings = not self.encoder.value_type(self.vocab).startswith("int")
 
     def answer(self, request):

@@ -7,7 +7,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from rayrec.etl.workflow import Workflow
-from rayrec.serve.encoding import FeatureSpec, encode_session, pad_rows
+from rayrec.rundir import workflow_of
+from rayrec.serve.encoding import ModelInput, encode_session, pad_rows
 
 
 def value(x):
@@ -33,8 +34,8 @@ class TritonPythonModel:
         here = os.path.join(args["model_repository"], args["model_version"])
         with open(os.path.join(here, "rayrec.json")) as f:
             meta = json.load(f)
-        self.workflow = Workflow.load(os.path.join(here, "workflow"))
-        self.features = [FeatureSpec(**f) for f in meta["features"]]
+        self.workflow = Workflow.load(workflow_of(here))
+        self.features = [ModelInput(**f) for f in meta["features"]]
         self.items = [f for f in self.features if f.name == meta["item_col"]]
         self.fields, self.item_col, self.max_len = meta["fields"], meta["item_col"], meta["max_len"]
         self.max_events = meta["max_events"]
