@@ -66,7 +66,7 @@ def prepare_yoochoose(work: str, drop_repeats: bool) -> str:
 def score_run(run_dir: str, points: list[tuple[list, object]], batch: int = 512) -> dict:
     """HR@20 and MRR@20 of a run's model on the raw prediction points (each prefix's last
     max_len clicks, encoded by the run's fitted workflow)."""
-    from rayrec.models.batch import pad_ragged
+    from rayrec.arrays import pad_ragged
     from rayrec.serve.predictor import Recommender
 
     rec = Recommender(run_dir)

@@ -7,9 +7,10 @@ import json
 import os
 import sys
 
+from rayrec.cli_accel import add_kernels_parser
 from rayrec.cli_triton import add_triton_parsers
 from rayrec.cli_tune import add_tune_parser
-from rayrec.raylocal import use_loopback
+from rayrec.raylocal import cli_env
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -17,99 +18,47 @@ def _add_config(p: argparse.ArgumentParser) -> None:
                    "(flags override it)")
 
 
-def _section(path: str | None, name: str) -> dict:
-    from rayrec.config_io import read_section
+ROUTES = "POST /recommend, /recommend/batch; GET /healthz, /readyz, /metrics"
 
-    return read_section(path, name)
+
+def options(a, job) -> dict:
+    """The parsed flags a stage's job reads (the same names as a pipeline stage's keys)."""
+    return {k: v for k, v in vars(a).items() if k in job.KEYS}
 
 
 def cmd_synth(a) -> None:
-    from rayrec.synth import SynthConfig, write
+    from rayrec.stages import SynthJob, report, synth
 
-    cfg = SynthConfig(events=a.events, days=a.days, items=a.items, seed=a.seed, format=a.format,
-                      ceiling=not a.no_ceiling)
-    report = write(cfg, a.out)
-    c = report["ceiling"]
-    print(f"wrote {report['events']:,} events in {report['sessions']:,} sessions to {report['path']}")
-    if c is None:
-        return
-    print(f"Bayes-optimal ceiling (last item): recall@20 {c['recall@20']:.4f}  ndcg@20 {c['ndcg@20']:.4f}"
-          f"  -> {os.path.join(a.out, 'ceiling.json')}")
-
-
-def etl_config(a):
-    from rayrec.config_io import from_dict, override
-    from rayrec.etl import EtlConfig
-
-    cfg = from_dict(EtlConfig, _section(a.config, "etl"), f"{a.config}: etl")
-    return override(cfg, session_col=a.session_col, item_col=a.item_col, time_col=a.time_col, max_len=a.max_len,
-                    scheduler=a.scheduler, device=a.device, workers=a.workers, split=a.split, seed=a.seed)
+    job = SynthJob.from_options(options(a, SynthJob))
+    print("\n".join(report("synth", job, synth(job))))
 
 
 def cmd_etl(a) -> None:
-    from rayrec.etl import Workflow, default_workflow, run_etl, workflow_from_config
+    from rayrec.stages import EtlJob, etl, report
 
-    cfg = etl_config(a)
-    section = _section(a.config, "workflow")
-    if a.workflow:
-        workflow = Workflow.load(a.workflow)
-    else:
-        workflow = workflow_from_config(section, f"{a.config}: workflow") if section else default_workflow(cfg)
-    report = run_etl(a.input, a.out, cfg, workflow, overwrite=a.overwrite, fitted=bool(a.workflow),
-                     progress=lambda m: print(f"  {m}", flush=True), address=a.address)
-    days = report["sessions_by_day"]
-    print(f"{report['events']:,} events -> {report['sessions']:,} sessions over {len(days)} days "
-          f"in {report['seconds']} s -> {a.out}")
-    if report["events_without_session"]:
-        print(f"dropped {report['events_without_session']:,} events without a session key (see report.json)")
-    for op, n in report["rows_removed_by_op"].items():
-        print(f"op {op} removed {n:,} rows")
+    job = EtlJob.from_options(options(a, EtlJob))
+    print("\n".join(report("etl", job, etl(job, progress=lambda m: print(f"  {m}", flush=True)))))
 
 
 def train_configs(a):
-    from rayrec.config_io import from_dict, override
-    from rayrec.models.config import ModelConfig
-    from rayrec.train.config import TrainConfig
+    """The model and train configs `rayrec train` would run with these flags."""
+    from rayrec.stages import TrainJob
 
-    model = from_dict(ModelConfig, _section(a.config, "model"), f"{a.config}: model")
-    model = override(model, arch=a.arch, masking=a.masking, d_model=a.d_model, n_layer=a.n_layer,
-                     n_head=a.n_head, max_len=a.max_len)
-    train = from_dict(TrainConfig, _section(a.config, "train"), f"{a.config}: train")
-    train = override(train, **train_flags(a))
-    return model, train
-
-
-def train_flags(a) -> dict:
-    return dict(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, workers=a.workers, train_days=a.train_days,
-                placement=a.placement,
-                seed=a.seed, window_days=a.window_days, checkpoint_every=a.checkpoint_every,
-                tensorboard=a.tensorboard or None, mlflow=a.mlflow)
+    job = TrainJob.from_options(options(a, TrainJob))
+    return job.model, job.train
 
 
 def cmd_train(a) -> int:
-    from rayrec.train.trainer import TrainingStopped, format_table, resume_configs, run_training
+    from rayrec.stages import TrainJob, report, train
+    from rayrec.train.trainer import TrainingStopped
 
-    if a.resume:  # the run's own configs and data, unless flags or --config say otherwise
-        model, train, data = resume_configs(a.resume)
-        if a.config:
-            model, train = train_configs(a)
-        a.data = a.data or data
-        from rayrec.config_io import override
-        model = override(model, arch=a.arch, masking=a.masking, d_model=a.d_model, n_layer=a.n_layer,
-                         n_head=a.n_head, max_len=a.max_len)
-        train = override(train, **train_flags(a))
-    else:
-        if not a.data:
-            raise ValueError("--data is required (or --resume RUN)")
-        model, train = train_configs(a)
+    job = TrainJob.from_options(options(a, TrainJob))
     try:
-        metrics = run_training(a.data, a.out, model, train, address=a.address, overwrite=a.overwrite,
-                               resume=a.resume)
+        result = train(job, owns_process=True)
     except TrainingStopped as e:
         print(f"rayrec train: {e}", file=sys.stderr)
         return 1
-    print(format_table(metrics))
-    print(f"run written to {a.out} (checkpoint/, metrics.json)")
+    print("\n".join(report("train", job, result)))
     return 0
 
 
@@ -127,16 +76,17 @@ def _threads(text: str):
 
 
 def cmd_evaluate(a) -> None:
-    from rayrec.train.evaluate import evaluate_run, format_evaluation
+    from rayrec.stages import EvaluateJob, evaluate, report
 
-    result = evaluate_run(a.run, a.data, a.days, a.split, a.threads)
-    print(format_evaluation(result))
+    job = EvaluateJob.from_options(options(a, EvaluateJob))
+    result = evaluate(job)
+    print("\n".join(report("evaluate", job, result)))
     if a.json:
         print(json.dumps(result))
 
 
 def cmd_serve(a) -> None:
-    from rayrec.config_io import from_dict, override
+    from rayrec.config_io import from_dict, override, read_section
     from rayrec.serve.app import ServeConfig, emit_config, remove, start
 
     if a.stop:
@@ -145,7 +95,7 @@ def cmd_serve(a) -> None:
         return
     if not a.run:
         raise ValueError("rayrec serve: --run RUN is required (or --stop)")
-    cfg = override(from_dict(ServeConfig, _section(a.config, "serve"), f"{a.config}: serve"),
+    cfg = override(from_dict(ServeConfig, read_section(a.config, "serve"), f"{a.config}: serve"),
                    host=a.host, port=a.port, max_events=a.max_events, num_replicas=a.replicas, threads=a.threads,
                    max_batch_size=a.max_batch_size, batching=False if a.no_batching else None)
     if a.emit_config:
@@ -153,7 +103,7 @@ def cmd_serve(a) -> None:
         print(f"Ray Serve config written to {a.emit_config} (serve deploy {a.emit_config}, or a RayService's "
               "serveConfigV2)")
         return
-    routes = "POST /recommend, /recommend/batch; GET /healthz, /readyz, /metrics, /docs"
+    routes = ROUTES + ", /docs"
     if a.address:
         start(a.run, cfg, address=a.address)
         print(f"serving {a.run} on the cluster at {a.address}: http://{cfg.host}:{cfg.port} ({routes}); "
@@ -167,7 +117,7 @@ def cmd_serve(a) -> None:
 def cmd_run(a) -> int:
     from rayrec.pipeline import run_pipeline
 
-    return run_pipeline(a.pipeline, build_parser(), lambda argv: main(argv), say=lambda m: print(m, flush=True))
+    return run_pipeline(a.pipeline, say=lambda m: print(m, flush=True))
 
 
 def submission(a):
@@ -342,8 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--threads", type=_threads, default="auto", help="torch threads (default auto: every usable core)")
     v.set_defaults(func=cmd_evaluate)
 
-    r = sub.add_parser("serve", help="HTTP endpoint on Ray Serve: POST /recommend, /recommend/batch; "
-                       "GET /healthz, /readyz, /metrics")
+    r = sub.add_parser("serve", help=f"HTTP endpoint on Ray Serve: {ROUTES}")
     r.add_argument("--run", help="the run directory (or its URI) to serve")
     _add_config(r)
     r.add_argument("--host", help="bind address (default 127.0.0.1)")
@@ -390,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
         j.set_defaults(func=cmd_jobs)
 
     add_triton_parsers(sub)
+    add_kernels_parser(sub)
     q = sub.add_parser("quickstart", help="synth -> etl -> train (2 Ray workers) -> evaluate -> serve one request")
     q.add_argument("--out", default="quickstart-out", help="working directory (replaced)")
     q.add_argument("--events", type=int, default=200_000)
@@ -401,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    use_loopback(getattr(args, "address", None))
+    for name, value in cli_env(getattr(args, "address", None)).items():   # this process is the CLI's own
+        os.environ.setdefault(name, value)
     if args.verbose_libraries:
         from rayrec.raylocal import show_library_logs
 

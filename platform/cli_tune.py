@@ -57,26 +57,7 @@ def add_tune_parser(sub, add_config) -> None:
 
 
 def cmd_tune(a) -> int:
-    from rayrec.config_io import from_dict, read_section as section
-    from rayrec.models.config import ModelConfig
-    from rayrec.train.config import TrainConfig
-    from rayrec.tune.sweep import SweepConfig, run_sweep
+    from rayrec.stages import TuneJob, tune
 
-    resume = a.out if a.resume is True else a.resume
-    if resume:
-        run_sweep(None, None, None, resume=resume)
-        return 0
-    missing = [f for f in ("data", "out", "space") if not getattr(a, f)]
-    if missing:
-        raise ValueError("--" + ", --".join(missing) + " required (or --resume SWEEP)")
-    model = from_dict(ModelConfig, section(a.config, "model"), f"{a.config}: model")
-    train = from_dict(TrainConfig, section(a.config, "train"), f"{a.config}: train")
-    cfg = SweepConfig(data=a.data, out=a.out, space=a.space, samples=a.samples, search=a.search,
-                      scheduler=a.scheduler, metric=a.metric, mode=a.mode, concurrent=a.concurrent,
-                      workers_per_trial=a.workers_per_trial, cpus_per_worker=a.cpus_per_worker,
-                      gpus_per_worker=a.gpus_per_worker, address=a.address, seed=a.seed, grace=a.grace,
-                      verbose=a.verbose)
-    run_sweep(cfg, model, train, overwrite=a.overwrite)
+    tune(TuneJob.from_options({k: v for k, v in vars(a).items() if k in TuneJob.KEYS}))
     return 0
-
-

@@ -42,9 +42,19 @@ def launcher_schema() -> dict:
         return json.load(f)
 
 
+def _jsonschema():
+    """jsonschema is a development tool here, not a runtime dependency (the dev extra has it)."""
+    try:
+        import jsonschema
+    except ImportError:
+        raise ValueError("checking cluster configs needs jsonschema: pip install jsonschema "
+                         "(or rayrec's dev extra)") from None
+    return jsonschema
+
+
 def validate_launcher(path: str) -> dict:
     """A cluster launcher YAML, checked against ray/autoscaler/ray-schema.json."""
-    import jsonschema
+    jsonschema = _jsonschema()
 
     with open(path) as f:
         doc = yaml.safe_load(f)
@@ -78,7 +88,7 @@ def crd_schema(crd_dir: str, kind: str, version: str) -> dict:
 
 def validate_kuberay(path: str, crd_dir: str) -> list[dict]:
     """Every document of a KubeRay manifest, checked against its kind's CRD schema."""
-    import jsonschema
+    jsonschema = _jsonschema()
 
     with open(path) as f:
         docs = [d for d in yaml.safe_load_all(f) if d]

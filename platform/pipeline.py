@@ -10,8 +10,9 @@ complete output already exists.
       - evaluate: {run: work/run, data: work/data}
 
 A stage's keys are the flags of its `rayrec` verb (`max_len` or `max-len`; a list for a
-flag that takes several values, true for a switch), so a stage means exactly what the
-command line means and its flags' checks apply. A stage is done when its output is
+flag that takes several values, true for a switch): each becomes the stage's typed job
+(stages.py) as the command line's flags do, so a stage means exactly what the command
+line means and the same checks apply. A stage is done when its output is
 complete (a published ETL output, a finished run, a sweep with its results); a train
 stage whose run stopped early goes on from its last checkpoint, a sweep that was
 interrupted with `rayrec tune --resume`. So a failed pipeline run again continues from the
@@ -19,47 +20,36 @@ stage that failed. Paths are relative to the current directory (a job's working_
 """
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass
 from typing import Callable
 
+from rayrec import stages as api
 from rayrec.config_io import read_yaml
 from rayrec.files import is_complete
+from rayrec.rundir import RunDir
 from rayrec.storage import display, join, locate
 
-STAGES = ("synth", "etl", "train", "tune", "evaluate")
-OUTPUT_FLAG = {"synth": "out", "etl": "out", "train": "out", "tune": "out"}
+STAGES = tuple(api.JOBS)
+OUTPUT_KEY = {"synth": "out", "etl": "out", "train": "out", "tune": "out"}
 TOP_KEYS = {"name", "stages"}
 
 
 @dataclass
 class Stage:
     verb: str
-    options: dict
+    options: dict   # the stage's keys, `max-len` spelled `max_len`
 
-    def argv(self, parser: argparse.ArgumentParser, where: str) -> list[str]:
-        """The stage as a rayrec command line, every key checked against the verb's flags."""
-        flags = _flags(parser, self.verb)
-        argv = [self.verb]
-        for key, value in self.options.items():
-            flag = "--" + str(key).replace("_", "-")
-            if flag not in flags:
-                raise ValueError(f"{where}: unknown key {key!r} for stage {self.verb}; expected some of "
-                                 f"{sorted(f[2:] for f in flags)}")
-            if value is True:
-                argv.append(flag)
-            elif value is False or value is None:
-                continue
-            elif isinstance(value, list):
-                argv += [flag, *map(str, value)]
-            else:
-                argv += [flag, str(value)]
-        return argv
+    def job(self, where: str, **extra):
+        """The stage's typed job (stages.py), its keys checked and its config files read."""
+        return api.JOBS[self.verb].from_options({**self.options, **extra}, where)
+
+    def check(self, where: str) -> None:
+        api._check_keys(api.JOBS[self.verb], self.options, where)
 
     @property
     def output(self) -> str | None:
-        key = OUTPUT_FLAG.get(self.verb)
+        key = OUTPUT_KEY.get(self.verb)
         return str(self.options[key]) if key and key in self.options else None
 
 
@@ -67,11 +57,6 @@ class Stage:
 class Pipeline:
     name: str
     stages: list[Stage]
-
-
-def _flags(parser: argparse.ArgumentParser, verb: str) -> set[str]:
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[verb]
-    return {s for a in sub._actions for s in a.option_strings if s.startswith("--") and s != "--help"}
 
 
 def load_pipeline(path: str) -> Pipeline:
@@ -91,7 +76,7 @@ def load_pipeline(path: str) -> Pipeline:
             raise ValueError(f"{path}: stage {i}: unknown stage {verb!r}; expected one of {', '.join(STAGES)}")
         if options is not None and not isinstance(options, dict):
             raise ValueError(f"{path}: stage {i} ({verb}): options must be a mapping, got {options!r}")
-        stages.append(Stage(verb, dict(options or {})))
+        stages.append(Stage(verb, {str(k).replace("-", "_"): v for k, v in (options or {}).items()}))
     return Pipeline(str(data.get("name") or path), stages)
 
 
@@ -109,40 +94,53 @@ def stage_state(stage: Stage) -> str:
     if not is_complete(out):
         return "todo"
     if stage.verb == "train":
-        run = locate(out)
-        return "done" if run.child("metrics.json").is_file() else \
-            "stopped" if run.child("stopped.json").is_file() else "todo"
+        run = RunDir(out)
+        return "done" if locate(run.metrics_path).is_file() else \
+            "stopped" if locate(run.stopped_path).is_file() else "todo"
     return "done"
 
 
-def run_pipeline(path: str, parser: argparse.ArgumentParser, run_verb: Callable[[list[str]], int],
-                 say=print) -> int:
-    """Run the stages in order through `run_verb` (the CLI); stop at the first that fails."""
+def run_stage(stage: Stage, where: str, extra: dict, say=print) -> None:
+    """One stage: its typed job built (keys checked, config files read), its function
+    (stages.py) run, and its report said."""
+    job = stage.job(where, **extra)
+    if stage.verb == "train":
+        result = api.train(job, owns_process=True)   # a pipeline runs in rayrec's own process (`rayrec run`, a job)
+    elif stage.verb == "etl":
+        result = api.etl(job, progress=lambda m: say(f"  {m}"))
+    else:
+        result = api.RUN[stage.verb](job)
+    for line in api.report(stage.verb, job, result):
+        say(line)
+
+
+def run_pipeline(path: str, say=print, run: Callable[..., None] = run_stage) -> int:
+    """Run the stages in order; stop at the first that fails (non-zero, after saying why)."""
     pipeline = load_pipeline(path)
-    argvs = [s.argv(parser, f"{path}: stage {i} ({s.verb})") for i, s in enumerate(pipeline.stages, 1)]
+    where = [f"{path}: stage {i} ({s.verb})" for i, s in enumerate(pipeline.stages, 1)]
+    for stage, w in zip(pipeline.stages, where):   # every key checked before anything runs
+        stage.check(w)
     say(f"pipeline {pipeline.name}: {' -> '.join(s.verb for s in pipeline.stages)}")
-    for i, (stage, argv) in enumerate(zip(pipeline.stages, argvs), 1):
+    for i, (stage, w) in enumerate(zip(pipeline.stages, where), 1):
         state = stage_state(stage)
-        head = f"[{i}/{len(argvs)}] {stage.verb}"
+        head = f"[{i}/{len(pipeline.stages)}] {stage.verb}"
+        extra: dict = {}
         if state == "done":
             say(f"{head}: skipped, {display(stage.output)} is complete")
             continue
         if state == "stopped":
-            argv = ["tune", "--resume", stage.output] if stage.verb == "tune" else _resume_argv(argv, stage.output)
+            extra = {"resume": stage.output} if stage.verb == "tune" else {"resume": stage.output, "overwrite": True}
             say(f"{head}: {display(stage.output)} stopped early; resuming it from its last checkpoint")
         elif stage.output is not None and locate(stage.output).exists():
-            argv = argv + ["--overwrite"]   # an incomplete leftover of an interrupted run
-        say(f"{head}: rayrec {' '.join(argv)}")
+            extra = {"overwrite": True}   # an incomplete leftover of an interrupted run
+        say(f"{head}: {stage.verb} " + " ".join(f"{k}={v}" for k, v in {**stage.options, **extra}.items()))
         started = time.perf_counter()
-        code = run_verb(argv)
-        if code:
-            say(f"{head}: failed (exit {code}); fix it and run the pipeline again: finished stages are skipped")
-            return code
+        try:
+            run(stage, w, extra, say)
+        except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
+            say(f"{head}: failed ({type(e).__name__}: {str(e).splitlines()[0][:300]}); fix it and run the pipeline "
+                "again: finished stages are skipped")
+            return 1
         say(f"{head}: done in {time.perf_counter() - started:.1f} s")
-    say(f"pipeline {pipeline.name}: all {len(argvs)} stages done")
+    say(f"pipeline {pipeline.name}: all {len(pipeline.stages)} stages done")
     return 0
-
-
-def _resume_argv(argv: list[str], out: str) -> list[str]:
-    """`train ... --out RUN` -> continue RUN from its checkpoint into RUN."""
-    return [*argv, "--resume", out, "--overwrite"]

@@ -74,7 +74,7 @@ def quickstart(out: str = "quickstart-out", events: int = 200_000, workers: int 
     train = TrainConfig(workers=workers, epochs=epochs, lr=5e-3, batch_size=128)
     run_dir = os.path.join(out, "run")
     try:
-        metrics = run_training(os.path.join(out, "data"), run_dir, model, train, overwrite=True)
+        metrics = run_training(os.path.join(out, "data"), run_dir, model, train, overwrite=True, owns_process=True)
         print(format_table(metrics, report["by_day"]))
         png = plot_days(metrics, os.path.join(out, "metrics.png"), report["by_day"])
         a, p = metrics["average"], metrics["popularity_average"]

@@ -5,8 +5,8 @@ import os
 import pytest
 import yaml
 
-from rayrec.cli import build_parser, main
-from rayrec.pipeline import load_pipeline, run_pipeline
+from rayrec.cli import main
+from rayrec.pipeline import load_pipeline, run_pipeline, run_stage
 
 MODEL = {"arch": "gpt2", "d_model": 32, "n_head": 2, "n_layer": 1, "workers": 0, "epochs": 1, "train_days": "1:2"}
 
@@ -26,18 +26,18 @@ def test_a_failed_stage_stops_the_pipeline_and_a_rerun_resumes_there(tmp_path, m
     said: list[str] = []
     calls: list[list[str]] = []
 
-    def run_verb(argv):
-        calls.append(argv)
-        return main(argv)
+    def run_verb(stage, *args):   # the stage's function on its typed job (stages.py)
+        calls.append([stage.verb])
+        run_stage(stage, *args)
 
-    assert run_pipeline(path, build_parser(), run_verb, say=said.append) != 0
+    assert run_pipeline(path, say=said.append, run=run_verb) != 0
     assert [c[0] for c in calls] == ["synth", "etl", "train"]
     assert os.path.isdir("data") and not os.path.exists("run")
     assert any("failed" in line for line in said)
     stages[2]["train"]["lr"] = 0.005
     write(tmp_path / "p.yaml", stages)
     calls.clear()
-    assert run_pipeline(path, build_parser(), run_verb, say=said.append) == 0
+    assert run_pipeline(path, say=said.append, run=run_verb) == 0
     assert [c[0] for c in calls] == ["train", "evaluate"]        # synth and etl were complete: skipped
     assert os.path.exists("run/metrics.json")
     calls.clear()
@@ -53,7 +53,7 @@ def test_a_failed_stage_stops_the_pipeline_and_a_rerun_resumes_there(tmp_path, m
 def test_bad_pipelines_name_the_stage_or_key(tmp_path, stages, message):
     path = write(tmp_path / "p.yaml", stages)
     with pytest.raises(ValueError, match=message):
-        run_pipeline(path, build_parser(), lambda argv: 0)
+        run_pipeline(path, run=lambda *args: None)
     assert main(["run", path]) == 2
 
 
@@ -68,4 +68,4 @@ def test_the_example_pipeline_is_valid():
     pipeline = load_pipeline(path)
     assert [s.verb for s in pipeline.stages] == ["synth", "etl", "train", "evaluate"]
     for i, s in enumerate(pipeline.stages, 1):
-        s.argv(build_parser(), f"stage {i}")
+        s.check(f"stage {i}")

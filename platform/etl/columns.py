@@ -170,14 +170,3 @@ class KeyIndex:
 
     def __getstate__(self):   # ship the keys, not the dict
         return {"keys": self.keys, "_dict": None}
-
-
-def pad_ragged(offsets: np.ndarray, values: np.ndarray, width: int) -> np.ndarray:
-    """Rows values[offsets[i]:offsets[i+1]], last `width` of each, right-padded with 0."""
-    lengths = np.minimum(np.diff(offsets), width)
-    starts = offsets[1:] - lengths
-    out = np.zeros((len(lengths), width), dtype=values.dtype)
-    cols = np.arange(width)[None, :]
-    take = cols < lengths[:, None]
-    out[take] = values[(starts[:, None] + cols)[take]]
-    return out

@@ -115,9 +115,6 @@ class Workflow:
             counters: dict | None = None) -> tuple[Frame, list]:
         """Run the ops on a prepared frame. With `level`, run only the ops that level's
         statistics need and return their partial statistics; else transform fully."""
-        # pyarrow warns on every group-by over numpy-backed buffers (alignment is not a
-        # correctness issue here); set for the processes that run ops, not at import
-        os.environ.setdefault("ACERO_ALIGNMENT_HANDLING", "ignore")
         frame = self.sort(frame)
         partials = []
         steps = self.fit_plan(level)[0] if level is not None else range(len(self.ops))

@@ -9,7 +9,8 @@ are errors, so a typo is never silently ignored.
 from __future__ import annotations
 
 import math
-from typing import Union
+from dataclasses import dataclass
+from typing import Callable, Union
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -83,21 +84,43 @@ class ClientError(Exception):
         self.status, self.field = status, field
 
 
-# set by the replica once its model is loaded: errors raised before a route runs (FastAPI's
-# validation, the body limit) carry the version and are counted too
-HOOKS: dict = {"version": "", "count": None, "busy": None, "retry_after_s": 1}
+@dataclass
+class Hooks:
+    """What the handlers below need from the replica they run in: each Endpoint holds its
+    own (`hooks`), set once its model is loaded, so that errors raised before a route runs
+    (FastAPI's validation, the body limit) carry the version and are counted too."""
+    version: str = ""
+    count: Callable[[str, int], None] | None = None    # (route, status) -> None
+    busy: Callable[[], str | None] | None = None       # why a new request is refused now, if it is
+    retry_after_s: int = 1
+    max_body_bytes: int = 1 << 20
+
+
+DEFAULT_HOOKS = Hooks()
+
+
+def hooks() -> Hooks:
+    """This replica's hooks (the Endpoint Serve runs here), or the defaults outside a replica."""
+    try:
+        from ray import serve
+
+        return getattr(serve.get_replica_context().servable_object, "hooks", DEFAULT_HOOKS)
+    except Exception:   # not inside a Serve replica (no context): nothing to count or tag
+        return DEFAULT_HOOKS
 
 
 def error(status: int, message: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
     headers = dict(headers or {})
-    if HOOKS["version"]:
-        headers.setdefault(VERSION_HEADER, HOOKS["version"])
+    version = hooks().version
+    if version:
+        headers.setdefault(VERSION_HEADER, version)
     return JSONResponse({"error": message, "field": field}, status_code=status, headers=headers)
 
 
 def counted(request: Request, response: JSONResponse) -> JSONResponse:
-    if HOOKS["count"] is not None:
-        HOOKS["count"](request.url.path, response.status_code)
+    count = hooks().count
+    if count is not None:
+        count(request.url.path, response.status_code)
     return response
 
 
@@ -152,8 +175,7 @@ async def too_deep(request: Request, exc: RecursionError):
 
 def new_api() -> FastAPI:
     """The FastAPI app with its error handlers; the deployment adds the routes. The
-    handlers are module functions, so that the replica runs them against this module's
-    HOOKS (a closure would be copied, with its globals, into the replica)."""
+    handlers and middleware hold no state: each reads its replica's `hooks()`."""
     api = FastAPI(title="rayrec", description="Next-item recommendations for live sessions.",
                   responses={400: {"model": ErrorBody}, 413: {"model": ErrorBody}, 503: {"model": ErrorBody}})
     api.add_exception_handler(RequestValidationError, invalid)
@@ -167,7 +189,7 @@ def new_api() -> FastAPI:
 
 class Admission:
     """ASGI middleware: while the replica's scorer has more sessions waiting than it may
-    hold (`HOOKS["busy"]` says why), a POST is answered 503 with Retry-After at once,
+    hold (`hooks().busy` says why), a POST is answered 503 with Retry-After at once,
     before its body is read or parsed. Refusing here, in the replica, is cheap; holding a
     request back in Serve's proxy is not (its queue-length probes back off on busy cores,
     BENCHMARKS.md), so the replica takes all it is sent and sheds the excess itself."""
@@ -176,13 +198,13 @@ class Admission:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        busy = HOOKS["busy"]
-        if scope["type"] == "http" and scope.get("method") == "POST" and busy is not None:
-            reason = busy()
+        now = hooks()
+        if scope["type"] == "http" and scope.get("method") == "POST" and now.busy is not None:
+            reason = now.busy()
             if reason:
-                response = error(503, reason, None, {"Retry-After": str(HOOKS["retry_after_s"])})
-                if HOOKS["count"] is not None:
-                    HOOKS["count"](scope.get("path", ""), 503)
+                response = error(503, reason, None, {"Retry-After": str(now.retry_after_s)})
+                if now.count is not None:
+                    now.count(scope.get("path", ""), 503)
                 return await response(scope, receive, send)
         return await self.app(scope, receive, send)
 
@@ -190,10 +212,7 @@ class Admission:
 class BodyLimit:
     """ASGI middleware: a body over `limit` bytes is a 413, whether its Content-Length says
     so or it streams past the limit, before any of it is parsed; and a POST body is read as
-    JSON whatever its Content-Type. The limit is set by the replica from its config
-    (`limits`), after the app is built."""
-
-    limits = {"max_body_bytes": 1 << 20}
+    JSON whatever its Content-Type. The limit is the replica's (serve.max_body_bytes)."""
 
     def __init__(self, app):
         self.app = app
@@ -201,7 +220,7 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = self.limits["max_body_bytes"]
+        limit = hooks().max_body_bytes
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length", b"")
         if scope.get("method") == "POST" and b"json" not in headers.get(b"content-type", b""):

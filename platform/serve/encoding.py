@@ -8,12 +8,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from rayrec.etl.columns import Ragged, pad_ragged
+from rayrec.arrays import pad_ragged
+from rayrec.etl.columns import Ragged
 from rayrec.etl.workflow import Workflow
 
 
 @dataclass(frozen=True)
-class FeatureSpec:
+class ModelInput:
     """What encoding needs of one model input: its column, list or per session, and
     whether it holds codes (int64) or values (float32)."""
     name: str
@@ -28,7 +29,7 @@ class FeatureSpec:
         return asdict(self)
 
 
-def encode_session(workflow: Workflow, features: list[FeatureSpec], item_col: str,
+def encode_session(workflow: Workflow, features: list[ModelInput], item_col: str,
                    events: list[dict]) -> dict[str, np.ndarray]:
     """One session's raw events -> its feature arrays, unpadded (the workflow online)."""
     frame = workflow.transform_events(events)
@@ -47,7 +48,7 @@ def encode_session(workflow: Workflow, features: list[FeatureSpec], item_col: st
     return row
 
 
-def pad_rows(features: list[FeatureSpec], rows: list[dict[str, np.ndarray]], width: int | None = None) -> dict:
+def pad_rows(features: list[ModelInput], rows: list[dict[str, np.ndarray]], width: int | None = None) -> dict:
     """Sessions' feature arrays -> one batch: list features right-padded to `width` (the
     latest events kept), or to the longest session when `width` is None."""
     batch = {}

@@ -52,7 +52,6 @@ class Tracker:
         return bool(self.tensorboard_dir or self.mlflow)
 
     def _client(self):
-        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         try:
             from mlflow.tracking import MlflowClient
         except ImportError:
