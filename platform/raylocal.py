@@ -53,14 +53,14 @@ def cli_env(address: str | None = None) -> dict[str, str]:
     return env
 
 
-class LibraryLogs:
-    """Whether `rayrec --verbose` asked for the libraries' own INFO lines."""
-    verbose = False
+# whether the libraries' own INFO lines are wanted is the process's logging configuration,
+# which its owner sets (`rayrec --verbose`, or a caller's logging.basicConfig(level=INFO))
+LIBRARY_LOGS = "rayrec.libraries"
 
 
 def show_library_logs() -> None:
     """`rayrec --verbose`: the libraries' INFO lines too, and Ray's worker prefixes."""
-    LibraryLogs.verbose = True
+    logging.getLogger(LIBRARY_LOGS).setLevel(logging.INFO)
     logging.basicConfig(level=logging.INFO)
     for name in ("ray", "distributed", "transformers"):
         logging.getLogger(name).setLevel(logging.INFO)
@@ -78,7 +78,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     # a job logging config makes Ray forward the workers' lines without its "(RayTrainWorker
     # pid=...)" prefix and colours, so a run's output reads as rayrec's report; the workers'
     # own loggers stop at WARNING
-    verbose = LibraryLogs.verbose
+    verbose = logging.getLogger(LIBRARY_LOGS).isEnabledFor(logging.INFO)
     quiet = None if verbose else ray.LoggingConfig(encoding="TEXT", log_level="WARNING")
     level = logging.INFO if verbose else logging.WARNING
     if address:
