@@ -45,7 +45,7 @@ class Stage:
         return api.JOBS[self.verb].from_options({**self.options, **extra}, where)
 
     def check(self, where: str) -> None:
-        api._check_keys(api.JOBS[self.verb], self.options, where)
+        api.check_keys(api.JOBS[self.verb], self.options, where)
 
     @property
     def output(self) -> str | None:

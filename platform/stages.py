@@ -30,7 +30,8 @@ from rayrec.synth import SynthConfig
 from rayrec.train.config import TrainConfig
 
 
-def _check_keys(cls, options: dict, where: str) -> None:
+def check_keys(cls, options: dict, where: str) -> None:
+    """Every key of a stage's options is one its job reads, else an error naming it and `where`."""
     unknown = sorted(set(options) - set(cls.KEYS))
     if unknown:
         raise ValueError(f"{where}: unknown key {unknown[0]!r} for stage {cls.VERB}; expected some of "
@@ -59,7 +60,7 @@ class SynthJob:
 
     @classmethod
     def from_options(cls, o: dict, where: str = "synth") -> "SynthJob":
-        _check_keys(cls, o, where)
+        check_keys(cls, o, where)
         cfg = override(SynthConfig(), f"{where}: ", **_given(o, ("events", "days", "items", "seed", "format")))
         return cls(out=o.get("out"), synth=override(cfg, ceiling=False if o.get("no_ceiling") else None))
 
@@ -92,7 +93,7 @@ class EtlJob:
 
     @classmethod
     def from_options(cls, o: dict, where: str = "etl") -> "EtlJob":
-        _check_keys(cls, o, where)
+        check_keys(cls, o, where)
         path = o.get("config")
         cfg = from_dict(EtlConfig, read_section(path, "etl"), f"{path}: etl")
         cfg = override(cfg, f"{where}: ", **_given(o, ("session_col", "item_col", "time_col", "max_len", "scheduler",
@@ -141,7 +142,7 @@ class TrainJob:
     def from_options(cls, o: dict, where: str = "train") -> "TrainJob":
         """With `resume`, the run's own configs and data are the base, unless `config` or
         other keys say otherwise."""
-        _check_keys(cls, o, where)
+        check_keys(cls, o, where)
         data, resume = o.get("data"), o.get("resume")
         if resume:
             from rayrec.train.trainer import resume_configs
@@ -205,7 +206,7 @@ class TuneJob:
     def from_options(cls, o: dict, where: str = "tune") -> "TuneJob":
         from rayrec.tune.sweep import SweepConfig
 
-        _check_keys(cls, o, where)
+        check_keys(cls, o, where)
         resume = o.get("out") if o.get("resume") is True else o.get("resume")
         if resume:
             return cls(resume=resume)
@@ -244,7 +245,7 @@ class EvaluateJob:
 
     @classmethod
     def from_options(cls, o: dict, where: str = "evaluate") -> "EvaluateJob":
-        _check_keys(cls, o, where)
+        check_keys(cls, o, where)
         missing = [f for f in ("run", "data") if not o.get(f)]
         if missing:
             raise ValueError(f"{where}: " + ", ".join(missing) + " required")
