@@ -48,11 +48,21 @@ def train_configs(a):
     return job.model, job.train
 
 
+def own_wait(value) -> None:
+    """This process's OpenMP threads wait as `value` asks (threads.wait_env). libgomp reads
+    the variables once, when torch loads it, which no verb has done before it calls this."""
+    from rayrec.threads import wait_env
+
+    if "torch" not in sys.modules:
+        os.environ.update(wait_env(value))
+
+
 def cmd_train(a) -> int:
     from rayrec.stages import TrainJob, report, train
-    from rayrec.train.trainer import TrainingStopped
 
     job = TrainJob.from_options(options(a, TrainJob))
+    own_wait(job.train.omp_wait)
+    from rayrec.train.trainer import TrainingStopped      # loads torch
     try:
         result = train(job, owns_process=True)
     except TrainingStopped as e:
@@ -353,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for name, value in cli_env(getattr(args, "address", None)).items():   # this process is the CLI's own
         os.environ.setdefault(name, value)
+    own_wait("auto")      # a verb whose job says otherwise (train.omp_wait) sets its own before torch loads
     if args.verbose_libraries:
         from rayrec.raylocal import show_library_logs
 

@@ -39,10 +39,10 @@ DRIVER_ENV = {
 }
 
 
-def runtime_env(local_cluster: bool) -> dict:
-    """The runtime_env rayrec starts or joins Ray with: WORKER_ENV for every process of the
-    job, on every node."""
-    return {"env_vars": {**WORKER_ENV, **(LOCAL_CLUSTER_ENV if local_cluster else {})}}
+def runtime_env(local_cluster: bool, env: dict[str, str] | None = None) -> dict:
+    """The runtime_env rayrec starts or joins Ray with: WORKER_ENV (and a caller's `env`,
+    e.g. a sweep's OpenMP wait policy) for every process of the job, on every node."""
+    return {"env_vars": {**WORKER_ENV, **(LOCAL_CLUSTER_ENV if local_cluster else {}), **(env or {})}}
 
 
 def cli_env(address: str | None = None) -> dict[str, str]:
@@ -67,9 +67,10 @@ def show_library_logs() -> None:
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None,
-             object_store_memory: int | None = None, log_to_driver: bool = True) -> None:
+             object_store_memory: int | None = None, log_to_driver: bool = True,
+             env: dict[str, str] | None = None) -> None:
     """Join `address` (or RAY_ADDRESS), else start a fresh local cluster on 127.0.0.1; both
-    with rayrec's runtime_env."""
+    with rayrec's runtime_env (plus `env`)."""
     import ray
 
     if ray.is_initialized():
@@ -84,14 +85,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     if address:
         check_reachable(address)
         ray.init(address=address, log_to_driver=log_to_driver, logging_level=level, logging_config=quiet,
-                 runtime_env=_joined_env(runtime_env(local_cluster=False)))
+                 runtime_env=_joined_env(runtime_env(local_cluster=False, env=env)))
         return
     # a private cluster of this process: Ray's notice that it turned token auth on is not the user's concern
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory,
              include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
              log_to_driver=log_to_driver, logging_level=level, logging_config=quiet,
-             runtime_env=runtime_env(local_cluster=True))
+             runtime_env=runtime_env(local_cluster=True, env=env))
 
 
 def _joined_env(env: dict) -> dict:

@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "bf16.h"
+#include "schedule.h"
 
 static inline uint64_t mix(uint64_t z) {
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -29,7 +30,7 @@ static inline float kept(uint64_t seed, int64_t i, uint32_t threshold, float sca
    x * scale where kept, else 0, on `threads` threads of the process's OpenMP pool. */
 void dropout_apply(int64_t n, const void *x, void *out, int32_t bf16, uint64_t seed, uint32_t threshold,
                    float scale, int32_t threads) {
-#pragma omp parallel for schedule(static) num_threads(threads)
+#pragma omp parallel for schedule(RAYREC_SCHEDULE(1)) num_threads(threads)
     for (int64_t b = 0; b < (n + BLOCK - 1) / BLOCK; b++) {
         int64_t i0 = b * BLOCK, i1 = i0 + BLOCK < n ? i0 + BLOCK : n;
         if (bf16) {

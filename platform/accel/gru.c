@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "expf.h"
+#include "schedule.h"
 
 #define PARALLEL_FROM 16384  /* elements per step below which one thread is faster */
 
@@ -32,7 +33,7 @@ static inline float tanh_(float x) {
 /* h <- the step's output; gates <- (r, z, n) for the backward (NULL in inference). */
 void gru_step_forward(int64_t n, int64_t d, const float *gi, const float *gh, const float *h_prev, float *h,
                       float *gates, int32_t threads) {
-#pragma omp parallel for schedule(static) num_threads(threads) if (n * d >= PARALLEL_FROM)
+#pragma omp parallel for schedule(RAYREC_SCHEDULE(rows_per_item(d))) num_threads(threads) if (n * d >= PARALLEL_FROM)
     for (int64_t i = 0; i < n; i++) {
         const float *a = gi + i * 3 * d, *b = gh + i * 3 * d, *hp = h_prev ? h_prev + i * d : 0;
         float *o = h + i * d, *g = gates ? gates + i * 3 * d : 0;
@@ -57,7 +58,7 @@ void gru_step_forward(int64_t n, int64_t d, const float *gi, const float *gh, co
    h_prev's gradient that bypasses W_hh (the caller adds dgh W_hh). dout NULL means zeros. */
 void gru_step_backward(int64_t n, int64_t d, const float *dout, float *carry, const float *gates, const float *gh,
                        const float *h_prev, float *dgi, float *dgh, int32_t threads) {
-#pragma omp parallel for schedule(static) num_threads(threads) if (n * d >= PARALLEL_FROM)
+#pragma omp parallel for schedule(RAYREC_SCHEDULE(rows_per_item(d))) num_threads(threads) if (n * d >= PARALLEL_FROM)
     for (int64_t i = 0; i < n; i++) {
         const float *g = gates + i * 3 * d, *b = gh + i * 3 * d, *hp = h_prev ? h_prev + i * d : 0;
         const float *up = dout ? dout + i * d : 0;

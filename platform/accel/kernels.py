@@ -31,7 +31,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = tuple(os.path.join(HERE, name) for name in ("softmax_rows.c", "dropout.c", "gru.c"))
-HEADERS = tuple(os.path.join(HERE, name) for name in ("bf16.h", "expf.h"))
+HEADERS = tuple(os.path.join(HERE, name) for name in ("bf16.h", "expf.h", "schedule.h"))
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fPIC", "-shared")
 
 

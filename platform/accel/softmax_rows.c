@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "bf16.h"
+#include "schedule.h"
 #include "expf.h"
 #ifdef __AVX512F__
 #include <immintrin.h>
@@ -176,10 +177,10 @@ void softmax_rows_forward(int64_t n, void *x, int32_t bf16, int64_t c, int64_t l
                           const int64_t *labels, float *lse, float *inv, float *picked, float *total,
                           int32_t threads) {
     if (bf16) {
-#pragma omp parallel for schedule(static) num_threads(threads)
+#pragma omp parallel for schedule(RAYREC_SCHEDULE(rows_per_item(c))) num_threads(threads)
         for (int64_t i = 0; i < n; i++) one_forward(i, x, 1, c, ld, bias, labels, lse, inv, picked, total);
     } else {
-#pragma omp parallel for schedule(static) num_threads(threads)
+#pragma omp parallel for schedule(RAYREC_SCHEDULE(rows_per_item(c))) num_threads(threads)
         for (int64_t i = 0; i < n; i++) one_forward(i, x, 0, c, ld, bias, labels, lse, inv, picked, total);
     }
 }
@@ -193,7 +194,7 @@ void softmax_rows_backward(int64_t n, void *x, int32_t bf16, int64_t c, int64_t 
                            int64_t chunk, int32_t threads) {
     int64_t chunks = colsum ? (n + chunk - 1) / chunk : n;
     int64_t per = colsum ? chunk : 1;
-#pragma omp parallel for schedule(static) num_threads(threads)
+#pragma omp parallel for schedule(RAYREC_SCHEDULE(colsum ? 1 : rows_per_item(c))) num_threads(threads)
     for (int64_t k = 0; k < chunks; k++) {
         float *sums = colsum ? colsum + k * c : 0;
         int64_t end = k * per + per < n ? k * per + per : n;
@@ -212,7 +213,7 @@ void softmax_rows_backward(int64_t n, void *x, int32_t bf16, int64_t c, int64_t 
 #define SAMPLE_BLOCK 64
 void sample_rows(int64_t n, const void *x, int32_t bf16, int64_t c, int64_t ld, const float *target, int64_t *out,
                  int32_t threads) {
-#pragma omp parallel for schedule(static) num_threads(threads)
+#pragma omp parallel for schedule(RAYREC_SCHEDULE(rows_per_item(c))) num_threads(threads)
     for (int64_t i = 0; i < n; i++) {
         const char *row = (const char *)x + i * ld * (bf16 ? 2 : 4);
         float t = target[i], run = 0.0f;

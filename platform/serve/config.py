@@ -20,6 +20,7 @@ class ServeConfig:
     max_sessions: int = 256            # sessions in one POST /recommend/batch; more -> 413
     threads: int | str = "auto"        # torch threads in each replica (auto: its num_cpus if reserved, else
                                        # the node's usable cores split between the replicas)
+    omp_wait: int | str = "auto"       # how a replica's idle torch threads wait (train.omp_wait's values)
     num_replicas: int = 1              # fixed replicas (unless max_replicas turns autoscaling on)
     min_replicas: int = 1              # autoscaling: the fewest replicas
     max_replicas: int | None = None    # autoscaling: the most replicas (None: no autoscaling)
@@ -51,9 +52,10 @@ class ServeConfig:
         for name, value in positive.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"serve.{name} must be an integer >= 1; got {value!r}")
-        from rayrec.threads import check_threads
+        from rayrec.threads import check_threads, check_wait
 
         check_threads(self.threads, "serve.threads")
+        check_wait(self.omp_wait, "serve.omp_wait")
         if not 0 < self.port < 65536:
             raise ValueError(f"serve.port must lie in 1..65535; got {self.port}")
         if self.max_waiting_sessions is not None and (isinstance(self.max_waiting_sessions, bool) or not isinstance(
@@ -87,9 +89,13 @@ class ServeConfig:
 
     def deployment_options(self) -> dict:
         """Ray Serve's deployment options for these settings."""
+        from rayrec.threads import wait_env
+
         options = {"max_ongoing_requests": self.max_ongoing_requests, "max_queued_requests": self.max_queued_requests,
                    "backpressure_config": {"status_code": 503, "retry_after_s": self.retry_after_s},
-                   "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+                   # the wait policy must be in a replica's environment before torch loads
+                   "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus,
+                                         "runtime_env": {"env_vars": wait_env(self.omp_wait)}},
                    "logging_config": {"enable_access_log": self.access_log,
                                       "log_level": "INFO" if self.access_log else "WARNING"}}
         if self.max_replicas is not None:

@@ -15,6 +15,8 @@ class TrainConfig:
     workers: int = 2               # Ray Train workers; 0 runs the loop in-process
     threads_per_worker: int | str = "auto"   # torch threads per worker; auto: in-process, every usable
                                    # core; under Ray Train, the node's cores split between its workers
+    omp_wait: int | str = "auto"   # how idle torch threads wait: auto (a short spin, so that a neighbour
+                                   # process costs little) | passive | N (a spin count; libgomp's is 300000)
     train_days: str | None = None  # "A:B" inclusive; default: every day that has a next day
     seed: int = 0
     eval_split: str = "valid"      # split of day t+1 evaluated after training on day t
@@ -47,9 +49,10 @@ class TrainConfig:
     log_every: int = 50            # steps averaged into one point of the loss curve (TensorBoard, MLflow)
 
     def __post_init__(self):
-        from rayrec.threads import check_threads
+        from rayrec.threads import check_threads, check_wait
 
         check_threads(self.threads_per_worker, "train.threads_per_worker")
+        check_wait(self.omp_wait, "train.omp_wait")
         if self.workers < 0:
             raise ValueError("train.workers must be >= 0")
         if self.placement not in ("pack", "spread"):

@@ -94,6 +94,7 @@ def build_trainer(spec: RunSpec, storage: str, name: str, callbacks: list = ()):
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from rayrec.threads import wait_env
     from rayrec.train.loop import train_loop_per_worker
 
     tcfg = spec.train
@@ -108,6 +109,8 @@ def build_trainer(spec: RunSpec, storage: str, name: str, callbacks: list = ()):
                                  checkpoint_score_attribute=tcfg.checkpoint_metric,
                                  checkpoint_score_order="max"),
                              callbacks=list(callbacks) or None,
+                             # the OpenMP wait policy must be in a worker's environment before torch loads
+                             worker_runtime_env={"env_vars": wait_env(tcfg.omp_wait)},
                              logging_config=LoggingConfig(log_level="WARNING")),
     )
 

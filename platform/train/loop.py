@@ -25,7 +25,7 @@ from rayrec.models.session_model import SessionModel
 from rayrec.train.allocator import keep_freed_memory, restore_allocator
 from rayrec.train.config import TrainConfig
 from rayrec.train.data import load_batch, shard_rows, split_path
-from rayrec.threads import threads_for
+from rayrec.threads import threads_for, wait_in_effect, wait_report
 from rayrec.train.progress import Progress, say
 from rayrec.train.spec import RunSpec
 from rayrec.train.sparse_sync import SparseRowSync, broadcast_from_rank0, catalogue_parameters, exclude_from_ddp
@@ -86,7 +86,8 @@ def _train(spec: RunSpec, session: RaySession | LocalSession) -> None:
     torch.manual_seed(tcfg.seed)
     model = new_model(mcfg, features)
     # the path each worker actually runs (accel's fast forwards and kernels, or why not), for metrics.json
-    accel = session.gather({"rank": rank, "node": session.node, **model.accel_report})
+    accel = session.gather({"rank": rank, "node": session.node, "threads": torch.get_num_threads(),
+                            "omp_wait": wait_in_effect(), **model.accel_report})
     targets = [h.target for h in mcfg.heads]
     reporter = Reporter(spec, session)
 
@@ -96,6 +97,7 @@ def _train(spec: RunSpec, session: RaySession | LocalSession) -> None:
     if rank == 0 and not spec.quiet:
         say(f"[rayrec] training {session.where} {torch.get_num_threads()} torch thread(s) "
             f"(train.threads_per_worker: {tcfg.threads_per_worker}), "
+            f"{wait_report(tcfg.omp_wait, 'train.omp_wait')}, "
             f"{session.precision} (train.precision: {tcfg.precision})")
     history: list[dict] = []
     attempt, state = 0, None  # worker-group restarts so far; a window's unfinished training state

@@ -157,11 +157,14 @@ def read_state(sweep: str) -> dict:
 def connect(cfg: SweepConfig, train: TrainConfig) -> tuple[dict, int]:
     """Join (or start) the cluster; what one trial takes and how many run at once."""
     from rayrec.raylocal import init_ray
+    from rayrec.threads import wait_env
 
     quiet(cfg.verbose)
     # the trials' output is in their trial.log; what a trial process prints as Tune ends it
     # (Ray's SIGTERM handler inside a weakref callback) is noise at the driver
-    init_ray(cfg.address, log_to_driver=cfg.verbose)
+    # a trial that trains in its own process (workers_per_trial 0) is a Tune actor: the job's
+    # environment is where its OpenMP wait policy can reach it before torch loads
+    init_ray(cfg.address, log_to_driver=cfg.verbose, env=wait_env(train.omp_wait))
     return resources(cfg, train)
 
 
