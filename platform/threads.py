@@ -54,7 +54,7 @@ def threads_for(value, sharing: int = 1) -> int:
 # process starts with: rayrec puts it in the environment of the processes it starts (Ray
 # Train workers, Serve replicas, Tune trials) and the CLI in its own, from the typed
 # `omp_wait` setting.
-WAIT_AUTO_SPIN = 1000          # measured: issue 34 in BENCHMARKS.md
+WAIT_AUTO_SPIN = 3000          # measured: issue 34 in BENCHMARKS.md
 RUNTIME_SPIN = 300_000         # libgomp's own default (no variables set)
 
 
@@ -69,7 +69,7 @@ def check_wait(value, field: str) -> None:
 
 def wait_env(value) -> dict[str, str]:
     """The variables that give a process's OpenMP threads the `value` wait policy: `auto`, a
-    short spin (WAIT_AUTO_SPIN iterations, tens of microseconds); `passive`, sleep at once;
+    short spin (WAIT_AUTO_SPIN iterations, some tens of microseconds); `passive`, sleep at once;
     a number, that spin count. Every value sets GOMP_SPINCOUNT, so that it replaces
     whatever a worker would inherit from the process that started its node."""
     if value == "passive":

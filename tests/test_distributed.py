@@ -12,6 +12,7 @@ import torch
 
 from rayrec.models.checkpoint import load_model
 from rayrec.models.config import ModelConfig
+from rayrec.threads import threads_for
 from rayrec.train.config import TrainConfig
 from rayrec.train.trainer import run_training
 
@@ -35,7 +36,8 @@ def two_node_cluster():
 
 
 def test_ddp_across_two_nodes_keeps_replicas_identical(etl_dir, tmp_path, two_node_cluster):
-    tcfg = TrainConfig(workers=2, placement="spread", epochs=2, batch_size=64, train_days="1:2", seed=3)
+    tcfg = TrainConfig(workers=2, placement="spread", epochs=2, batch_size=64, train_days="1:2", seed=3,
+                       omp_wait=3000)
     metrics = run_training(etl_dir, str(tmp_path / "run"), MODEL, tcfg, address=two_node_cluster.address)
     for day in metrics["days"]:
         assert day["nodes"] == 2                   # one worker on each node
@@ -51,6 +53,9 @@ def test_ddp_across_two_nodes_keeps_replicas_identical(etl_dir, tmp_path, two_no
         assert w["path"] == "fast" and w["unpad"] is True and w["attention"] == "rayrec_sdpa"
         assert "GPT2Model -> FastGPT2Model" in w["replaced"] and "Dropout -> FastDropout" in w["replaced"]
         assert w["kernels"] == kernels.status()     # built here by `make install`, or the reason it was not
+        # read back inside each worker: train.omp_wait was in its environment before torch loaded
+        # (Ray Train's worker_runtime_env), and auto threads are its node's cores (one worker per node)
+        assert w["omp_wait"] == "spin 3000" and w["threads"] == threads_for("auto"), w
     model = load_model(str(tmp_path / "run" / "checkpoint"))  # the checkpoint serves inference
     scores = model.next_item_scores(torch.tensor([[5, 6, 7]]))
     assert scores.shape == (1, model.n_items) and torch.isfinite(scores[0, model.first_item:]).all()

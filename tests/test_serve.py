@@ -35,7 +35,7 @@ def call(url, body=None, raw=None, timeout=60):
 
 # the queues hold every request the tests send at once: overload has its own test below
 ROOMY = dict(num_replicas=2, max_batch_size=16, batch_wait_timeout_s=0.005, max_events=50, max_sessions=20,
-             max_queued_requests=400, max_waiting_sessions=None)
+             max_queued_requests=400, max_waiting_sessions=None, omp_wait=2000)
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,8 @@ def test_readyz_names_the_version_and_openapi_documents_the_routes(endpoint):
     from rayrec.serve.config import ServeConfig
 
     assert ready["threads"] == ServeConfig(**ROOMY).replica_threads()      # auto: the cores split by 2 replicas
+    # serve.omp_wait reached the replica's process before torch loaded there (its runtime_env)
+    assert ready["omp_wait"] == "spin 2000"
     assert call(base + "/healthz")[:2][0] == 200
     status, _, spec = call(base + "/openapi.json")
     assert status == 200 and {"/recommend", "/recommend/batch", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])

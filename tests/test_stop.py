@@ -22,12 +22,14 @@ def test_sigterm_keeps_the_checkpoint_and_resume_finishes_the_run(etl_dir, tmp_p
     # fp32: under load, CPU bf16 kernels gave two different day-1 losses in six fresh runs
     # (fp32 gave one), so exact equality across processes holds in fp32 only
     fp32 = tmp_path / "fp32.yaml"
-    fp32.write_text("train: {precision: fp32}\n")
+    # (and idle threads that sleep: the CLI sets train.omp_wait in its own process before torch loads)
+    fp32.write_text("train: {precision: fp32, omp_wait: passive}\n")
     common = [*COMMON, "--config", str(fp32)]
     # the uninterrupted run in a fresh process too: settings other tests left in this one
     # (torch's) must not make the two runs differ
-    subprocess.run([RAYREC, "train", "--data", etl_dir, *common, "--out", str(tmp_path / "whole")], check=True,
-                   capture_output=True)
+    whole_run = subprocess.run([RAYREC, "train", "--data", etl_dir, *common, "--out", str(tmp_path / "whole")],
+                               check=True, capture_output=True, text=True)
+    assert "idle threads sleep (train.omp_wait: passive)," in whole_run.stdout
     proc = subprocess.Popen([RAYREC, "train", "--data", etl_dir, *common, "--out", str(tmp_path / "part")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     pattern = str(tmp_path / ".part.tmp-*" / "scratch" / "*-day-002-epoch-*" / "progress.json")
@@ -44,6 +46,7 @@ def test_sigterm_keeps_the_checkpoint_and_resume_finishes_the_run(etl_dir, tmp_p
     assert not glob.glob(str(tmp_path / ".part.tmp-*"))          # nothing temporary left behind
     assert main(["train", "--resume", str(tmp_path / "part"), "--out", str(tmp_path / "resumed")]) == 0
     whole = json.load(open(tmp_path / "whole" / "metrics.json"))
+    assert whole["accel"][0]["omp_wait"] == "sleep"
     resumed = json.load(open(tmp_path / "resumed" / "metrics.json"))
     assert "fp32 (train.precision: fp32)" in capsys.readouterr().out      # the resume kept the setting
     for a, b in zip(whole["days"], resumed["days"]):

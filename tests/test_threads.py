@@ -49,3 +49,25 @@ def test_in_process_training_uses_every_core_by_default_and_says_so(etl_dir, tmp
     assert main(["evaluate", "--run", str(tmp_path / "run"), "--data", etl_dir, "--days", "2",
                  "--threads", "1"]) == 0
     assert "(scored on 1 torch thread(s))" in capsys.readouterr().out
+
+
+def test_omp_wait_is_typed_and_becomes_the_variables_libgomp_reads():
+    from rayrec.threads import WAIT_AUTO_SPIN, wait_env, wait_in_effect
+
+    assert TrainConfig().omp_wait == "auto" and ServeConfig().omp_wait == "auto"
+    assert wait_env("auto") == {"GOMP_SPINCOUNT": str(WAIT_AUTO_SPIN)}
+    assert wait_env(300000) == {"GOMP_SPINCOUNT": "300000"}           # libgomp's own, as before issue 34
+    assert wait_env("passive") == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "0"}
+    assert wait_in_effect(wait_env("passive")) == "sleep" and wait_in_effect({}) == "spin 300000"
+    assert wait_in_effect(wait_env(50)) == "spin 50"
+    # a Serve replica gets it in its own runtime_env, as Ray Serve's declarative config says too
+    options = ServeConfig(omp_wait=7).deployment_options()
+    assert options["ray_actor_options"]["runtime_env"] == {"env_vars": {"GOMP_SPINCOUNT": "7"}}
+
+
+@pytest.mark.parametrize("value", [-1, "fast", 1.5, True, None])
+def test_a_bad_omp_wait_names_its_field(value):
+    with pytest.raises(ValueError, match="train.omp_wait must be auto, passive or a spin count"):
+        TrainConfig(omp_wait=value)
+    with pytest.raises(ValueError, match="serve.omp_wait must be auto, passive or a spin count"):
+        ServeConfig(omp_wait=value)

@@ -69,6 +69,8 @@ class Ready(BaseModel):
     version: str = Field(description="the model's version: its run, the days it last trained on, and a digest")
     items: int = Field(description="items in the model's catalogue")
     threads: int = Field(description="torch threads this replica scores on")
+    omp_wait: str = Field(description="how its idle torch threads wait (serve.omp_wait, as the replica "
+                                      "started with it): spin N, or sleep")
 
 
 class ErrorBody(BaseModel):

@@ -32,6 +32,7 @@ from rayrec.serve.config import ServeConfig
 from rayrec.rundir import newest_run
 from rayrec.serve.predictor import Query, Recommender, check_replaces
 from rayrec.storage import is_uri
+from rayrec.threads import wait_in_effect
 
 APP = "rayrec"
 api = new_api()
@@ -58,6 +59,7 @@ class Endpoint:
         self.cfg = cfg = ServeConfig.from_json(cfg_json)
         torch.set_num_threads(cfg.replica_threads())
         self.threads = torch.get_num_threads()
+        self.omp_wait = wait_in_effect()     # set in this replica's runtime_env (ServeConfig.deployment_options)
         self.device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
         self.recommender = Recommender(run_dir).to(self.device)
         self.run_dir = run_dir
@@ -211,7 +213,7 @@ class Endpoint:
         self.metrics.start()
         response.headers[VERSION_HEADER] = self.version
         return {"status": "ready", "version": self.version, "items": self.recommender.catalogue_size,
-                "threads": self.threads}
+                "threads": self.threads, "omp_wait": self.omp_wait}
 
     @api.get("/metrics", response_class=PlainTextResponse)
     async def metrics_text(self):
